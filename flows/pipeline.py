@@ -1,0 +1,254 @@
+"""The pipeline flow: every DVC stage in order as a named Prefect task, then registration and promotion.
+
+DVC decides what runs: each task is `dvc repro --single-item <stage>` in a subprocess, so a stage whose deps,
+params and outs match dvc.lock is skipped whether `dvc repro` or this flow ran last, and the lock stays the
+single record of what was built from what. A validation stage that fails stops the flow: nothing after it
+runs.
+After `evaluate`, the reward model, critic and actor are registered in MLflow and the actor's promotion is
+decided (tasks/registry.py). One MLflow parent run covers the pipeline run; each stage process that runs opens
+its child run under it (RLHF_PARENT_RUN_ID).
+
+    python -m flows.pipeline                     # the whole pipeline, register, promote
+    python -m flows.pipeline --no-register       # stages only
+    python -m flows.pipeline --stages world prepare
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from tasks import registry, tracking
+from tasks.common import ROOT, workdir
+
+STAGES = (
+    "world",
+    "prepare",
+    "tokenizer",
+    "validate_demos",
+    "pretrain",
+    "sft",
+    "preferences",
+    "validate_preferences",
+    "reward_model",
+    "ppo",
+    "evaluate",
+)
+VALIDATION_REPORTS = {
+    "validate_demos": "reports/validation/demos.json",
+    "validate_preferences": "reports/validation/preferences.json",
+}
+COMPARATOR = "evaluate"
+"""the challenger-vs-champion evaluation: "evaluate" (the evaluate stage's CLI on two checkpoints), or the
+import path "module:function" of a (candidate dir, baseline dir) -> eval metrics function"""
+
+
+class StageFailed(RuntimeError):
+    """A stage's command failed; the message carries the end of its output."""
+
+
+class ValidationFailed(StageFailed):
+    """A data validation gate failed: the data needs fixing before anything trains on it."""
+
+
+def stage_env(root: Path, parent_run_id: str | None) -> dict[str, str]:
+    """Environment of the DVC subprocesses: nested MLflow runs, this interpreter's `python` first on PATH."""
+    env = tracking.child_env(parent_run_id)
+    # DVC runs stage commands with the first `python` on PATH: make it this virtualenv's.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    paths = dict.fromkeys([str(root), str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["RLHF_ROOT"] = str(root)  # the stages read and write under the flow's root, whichever checkout it is
+    return env
+
+
+def dvc(args: list[str], root: Path, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """Run `dvc <args>` in `root`, streaming its output; returns the exit code and all output lines."""
+    cmd = [str(Path(sys.executable).parent / "dvc"), *args]
+    lines: list[str] = []
+    with subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)  # the stage's progress stays visible as it happens
+            lines.append(line.rstrip("\n"))
+    return proc.returncode, lines
+
+
+@task(name="dvc-stage", cache_policy=NO_CACHE, persist_result=False)
+def run_stage(stage: str, root: str, parent_run_id: str | None) -> dict[str, Any]:
+    """`dvc repro --single-item <stage>`: runs the stage only if DVC finds it changed."""
+    t0 = time.perf_counter()
+    code, lines = dvc(["repro", "--single-item", stage], Path(root), stage_env(Path(root), parent_run_id))
+    seconds = time.perf_counter() - t0
+    if code != 0:
+        tail = "\n".join(collections.deque(lines, maxlen=30))
+        if stage in VALIDATION_REPORTS:
+            raise ValidationFailed(
+                f"validation '{stage}' failed (see {VALIDATION_REPORTS[stage]}); nothing downstream runs. "
+                f"Fix the data and rerun.\n{tail}"
+            )
+        raise StageFailed(f"stage '{stage}' failed (dvc exit code {code}):\n{tail}")
+    ran = any(line.startswith("Running stage") for line in lines)
+    restored = any("is cached - skipping run" in line for line in lines)
+    print(f"[pipeline] {stage}: {'ran' if ran else 'up to date'} ({seconds:.1f} s)", file=sys.stderr)
+    return {"stage": stage, "ran": ran, "restored": restored, "seconds": seconds}
+
+
+def transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry condition: an I/O failure (a busy SQLite store, an unreachable server) may pass on a second try;
+    a failed evaluation or a bad checkpoint would only fail again, slowly."""
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, OSError):
+        return True
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(exc, MlflowException):
+        busy = exc.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
+        return busy or "database is locked" in str(exc)
+    return isinstance(exc, OperationalError)
+
+
+@task(
+    name="register-models",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=3,
+    retry_condition_fn=transient,
+)
+def register_models(root: str, parent_run_id: str | None) -> dict[str, Any]:
+    """Register RM, critic and actor (retried on I/O errors: a busy store must not lose a pipeline run)."""
+    return asdict(registry.register_pipeline(Path(root), parent_run_id))
+
+
+@task(
+    name="promote-actor",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=3,
+    retry_condition_fn=transient,
+)
+def promote_actor(
+    version: str, root: str, comparator: str | None, judge: str, parent_run_id: str | None
+) -> dict[str, Any]:
+    """Apply the promotion rule to actor `version` (evidence: metrics/eval.json, or a head-to-head with the
+    champion through `comparator`)."""
+    eval_file = Path(root) / "metrics" / "eval.json"
+    vs_sft = json.loads(eval_file.read_text()) if eval_file.exists() else None
+    compare = load_comparator(comparator, Path(root), parent_run_id)
+    decision = registry.promote(version, vs_sft, compare, judge=judge)
+    return {"version": version, **asdict(decision)}
+
+
+def head_to_head(root: Path, parent_run_id: str | None) -> registry.Comparator:
+    """The evaluate stage's CLI on two checkpoints (its run nests under the pipeline run, report included)."""
+
+    def compare(candidate: Path, baseline: Path) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="rlhf-head-to-head-") as out:
+            cmd = [sys.executable, "-m", "tasks.evaluate", "--candidate", str(candidate)]
+            cmd += ["--baseline", str(baseline), "--out", out]
+            env = stage_env(root, parent_run_id)
+            proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise StageFailed(f"head-to-head evaluation failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+            return json.loads((Path(out) / "eval.json").read_text())
+
+    return compare
+
+
+def load_comparator(spec: str | None, root: Path, parent_run_id: str | None) -> registry.Comparator | None:
+    """COMPARATOR's spec -> the function; None when not given (fine until a champion exists)."""
+    if not spec:
+        return None
+    if spec == "evaluate":
+        return head_to_head(root, parent_run_id)
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"comparator '{spec}': cannot load it ({e}); expected 'package.module:function'") from e
+
+
+def run_stages(stages: list[str], root: Path, parent: tracking.Tracker) -> list[dict[str, Any]]:
+    results = []
+    for stage in stages:
+        try:
+            results.append(run_stage.with_options(name=f"stage-{stage}")(stage, str(root), parent.run_id))
+        except StageFailed:
+            parent.set_tags({"rlhf.failed_stage": stage})
+            raise
+        finally:
+            # A gate's report, pass or fail, goes with the pipeline run (the gate itself does not track).
+            if stage in VALIDATION_REPORTS and (root / VALIDATION_REPORTS[stage]).exists():
+                parent.log_artifact(root / VALIDATION_REPORTS[stage], "validation")
+    return results
+
+
+@flow(name="rlhf-pipeline", persist_result=False)
+def pipeline_flow(
+    root: str = str(workdir()),
+    stages: list[str] | None = None,
+    registration: bool = True,
+    comparator: str | None = COMPARATOR,
+    judge: str = "gold",
+) -> dict[str, Any]:
+    """Run the stages (DVC skips the unchanged ones), then register the models and decide the promotion."""
+    t0 = time.perf_counter()
+    stages = list(stages or STAGES)
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; the stages are {list(STAGES)}")
+    name = f"pipeline {flow_run.get_name() or ''}".strip()
+    with tracking.pipeline_run(name, tags={"prefect.flow_run_id": str(flow_run.get_id())}) as parent:
+        results = run_stages(stages, Path(root), parent)
+        summary: dict[str, Any] = {"parent_run_id": parent.run_id, "stages": results}
+        timing = {f"pipeline/seconds/{r['stage']}": r["seconds"] for r in results}
+        parent.set_tags({"rlhf.stages_ran": ",".join(r["stage"] for r in results if r["ran"]) or "none"})
+        if registration and stages[-1] == STAGES[-1]:
+            if not tracking.enabled():
+                print("[pipeline] tracking is off (RLHF_TRACKING): nothing registered", file=sys.stderr)
+            else:
+                t1 = time.perf_counter()
+                summary["registered"] = registered = register_models(root, parent.run_id)
+                if registered["new_actor"]:
+                    summary["promotion"] = promote_actor(registered["actor"], root, comparator, judge, parent.run_id)
+                timing["pipeline/seconds/register"] = time.perf_counter() - t1
+        timing["pipeline/seconds/total"] = time.perf_counter() - t0
+        parent.log_metrics(timing, step=0)
+        summary["seconds"] = timing["pipeline/seconds/total"]
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", nargs="+", choices=STAGES, metavar="STAGE", help="only these (default: all)")
+    parser.add_argument("--no-register", action="store_true", help="skip registration and promotion")
+    parser.add_argument("--comparator", default=COMPARATOR, help="challenger-vs-champion evaluation function")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    summary = pipeline_flow(stages=args.stages, registration=not args.no_register, comparator=args.comparator)
+    total = time.perf_counter() - t0
+    summary["prefect_overhead_seconds"] = total - summary["seconds"]
+    print(json.dumps(summary, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Checkpoints: safetensors weights + JSON config, written atomically; nothing is ever pickled or unpickled.
+
+A model directory holds
+    model.safetensors   the weights
+    config.json         {"arch": "gpt" | "scalar", "model": GPTConfig fields, ...extra metadata}
+    tokenizer.json      the tokenizer, so a checkpoint is self-contained (serving, evaluation)
+A training state (for resume) is `state.safetensors` (optimizer tensors, RNG state) + `state.json` beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rlhf.io import atomic_dir, atomic_path, write_json
+from rlhf.model import GPT, GPTConfig, ScalarHeadModel
+
+ARCHS = {"gpt": GPT, "scalar": ScalarHeadModel}
+
+
+def _arch_name(model: torch.nn.Module) -> str:
+    for name, cls in ARCHS.items():
+        if type(model) is cls:
+            return name
+    raise TypeError(f"cannot checkpoint a {type(model).__name__}")
+
+
+def write_model(out: Path, model: torch.nn.Module, tokenizer_path: Path | None, extra: dict[str, Any]) -> None:
+    """Write the model files into an existing directory `out` (used inside an atomic_dir)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    config = {"arch": _arch_name(model), "model": dataclasses.asdict(model.cfg), **extra}
+    write_json(out / "config.json", config)
+    if tokenizer_path is not None:
+        shutil.copyfile(tokenizer_path, out / "tokenizer.json")
+
+
+def save_model(path: str | Path, model: torch.nn.Module, tokenizer_path: Path | None = None, **extra: Any) -> None:
+    """Save a whole model directory; the previous one stays intact until the new one is complete."""
+    with atomic_dir(path) as tmp:
+        write_model(tmp, model, tokenizer_path, extra)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{cfg_file}: not a model checkpoint (no config.json)")
+    with open(cfg_file, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_model(path: str | Path, arch: str | None = None) -> torch.nn.Module:
+    """Load a model directory; `arch` ("gpt" or "scalar") asserts what the caller expects."""
+    path = Path(path)
+    config = read_config(path)
+    if arch is not None and config["arch"] != arch:
+        raise ValueError(f"{path}: holds a '{config['arch']}' model, expected '{arch}'")
+    cfg = GPTConfig(**config["model"])
+    model = ARCHS[config["arch"]](cfg)
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    return model
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file (the provenance of data sampled from a checkpoint)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- training state ---------------------------------------------------------------------------------------
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"opt.{idx}.{key}"] = val.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}.{key}"] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def save_training_state(path: str | Path, optimizers: dict[str, torch.optim.Optimizer], meta: dict[str, Any]) -> None:
+    """Optimizer states, torch's RNG state and JSON metadata (step, schedules, ...) into directory `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    opt_meta = {}
+    for name, opt in optimizers.items():
+        t, m = _flatten_optimizer(opt)
+        tensors.update({f"{name}.{k}": v for k, v in t.items()})
+        opt_meta[name] = m
+    with atomic_path(path / "state.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json(path / "state.json", {"meta": meta, "optimizers": opt_meta})
+
+
+def load_training_state(path: str | Path, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+    """Restore what save_training_state wrote; returns its metadata."""
+    path = Path(path)
+    tensors = load_file(str(path / "state.safetensors"))
+    with open(path / "state.json", encoding="utf-8") as f:
+        saved = json.load(f)
+    torch.set_rng_state(tensors["rng.torch"])
+    for name, opt in optimizers.items():
+        meta = saved["optimizers"][name]
+        state: dict[int, dict[str, Any]] = {}
+        prefix = f"{name}.opt."
+        for key, val in tensors.items():
+            if key.startswith(prefix):
+                idx, field = key[len(prefix) :].split(".", 1)
+                state.setdefault(int(idx), {})[field] = val
+        for key, val in meta["scalars"].items():
+            idx, field = key.split(".", 1)
+            state.setdefault(int(idx), {})[field] = val
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return saved["meta"]

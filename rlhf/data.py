@@ -1,0 +1,325 @@
+"""Reading demonstrations, prompts and preference data (the world's and a user's) with errors that say where.
+
+Every reader returns a DataFrame whose index locates each row in its file: `index.name == "line"` for JSON
+lines and CSV (1-based line numbers, as an editor shows them) and `"row"` for Parquet (0-based row index).
+Errors are `DataError`s naming the file, the line or row, the column and the rule that was broken.
+
+Structural problems (undecodable bytes, malformed JSON) are errors here; content rules (blank strings, token
+lengths, duplicates, eval leakage) are the Great Expectations gate's job (tasks/validate.py), except that
+`read_demos`, `read_prompts` and the importers refuse rows they could not use at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+HH_MARKER = "Assistant:"  # Anthropic-HH transcripts: "\n\nHuman: ...\n\nAssistant: ..."
+PREF_COLUMNS = {  # format -> the columns it needs
+    "trl": ["prompt", "chosen", "rejected"],
+    "hh": ["chosen", "rejected"],
+    "ranked": ["prompt", "responses", "ranking"],
+}
+
+
+class DataError(ValueError):
+    """A data file breaks a rule; the message names the file, the line/row, the column and what to do."""
+
+
+def _where(path: Path, df: pd.DataFrame, label: Any) -> str:
+    return f"{path}: {df.index.name or 'row'} {label}"
+
+
+# --- tables -----------------------------------------------------------------------------------------------
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A .jsonl / .json (JSON lines), .parquet or .csv file as a DataFrame indexed by line (Parquet: row)."""
+    path = Path(path)
+    readers = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".parquet": _read_parquet, ".csv": _read_csv}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unknown extension '{path.suffix}'; use one of {sorted(readers)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return reader(path)
+
+
+def _decoded_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, text) of every line; decoding line by line lets a bad byte be located."""
+    out = []
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            out.append((lineno, raw.decode("utf-8")))
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{path}: line {lineno}: invalid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}: "
+                f"{e.reason}); re-save the file as UTF-8"
+            ) from e
+    return out
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    rows, lines = [], []
+    for lineno, text in _decoded_lines(path):
+        if not text.strip():  # blank lines (a trailing newline, spacing) carry no row
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}: line {lineno}: malformed JSON ({e.msg} at column {e.colno}); "
+                "each line must be one complete JSON object"
+            ) from e
+        if not isinstance(obj, dict):
+            hint = " (a .json file must be JSON lines, not one array: try `jq -c '.[]'`)" if lineno == 1 else ""
+            raise DataError(f"{path}: line {lineno}: a JSON {type(obj).__name__}, not an object{hint}")
+        rows.append(obj)
+        lines.append(lineno)
+    return pd.DataFrame.from_records(rows, index=pd.Index(lines, name="line"))
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    # The csv module (not pandas) so every value stays the string in the file and each record keeps the line
+    # it starts on, even when a quoted field spans lines.
+    text = "\n".join(t for _, t in _decoded_lines(path))
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise DataError(f"{path}: line 1: empty file; a CSV needs a header row naming the columns")
+    rows, lines = [], []
+    start = reader.line_num + 1
+    for record in reader:
+        if record:  # blank lines
+            if len(record) != len(header):
+                raise DataError(
+                    f"{path}: line {start}: {len(record)} fields but the header has {len(header)}; "
+                    "quote fields that contain commas"
+                )
+            rows.append(dict(zip(header, record, strict=True)))
+            lines.append(start)
+        start = reader.line_num + 1
+    return pd.DataFrame.from_records(rows, columns=header, index=pd.Index(lines, name="line"))
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise DataError(f"{path}: unreadable Parquet ({e}); rewrite the file or export it as JSONL") from e
+    return df.reset_index(drop=True).rename_axis("row")
+
+
+# --- column rules -----------------------------------------------------------------------------------------
+
+
+def _require_columns(path: Path, df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing required column(s) {missing} for {what} (found {list(df.columns)}); "
+            f"every row needs {list(columns)}"
+        )
+
+
+def _text_rule(value: Any) -> str | None:
+    """Why `value` is not a usable text field, or None if it is."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return "missing value (null or absent key)"
+    if not isinstance(value, str):
+        return f"not a string (got {type(value).__name__} {value!r})"
+    if not value.strip():
+        return "empty or whitespace-only string"
+    return None
+
+
+def _require_text(path: Path, df: pd.DataFrame, columns: Sequence[str]) -> None:
+    for col in columns:
+        broken = [(label, rule) for label, value in df[col].items() if (rule := _text_rule(value)) is not None]
+        if broken:
+            (label, rule), more = broken[0], len(broken) - 1
+            also = f" ({more} more row(s) break a text rule in this column)" if more else ""
+            raise DataError(f"{_where(path, df, label)}, column '{col}': {rule}; fix or remove that row{also}")
+
+
+def _ids(path: Path, df: pd.DataFrame, id_columns: Sequence[str] = ("id",)) -> pd.Series:
+    """Row ids as strings: an existing id column (ints allowed) or "<stem>-<line>" when the file has none."""
+    col = next((c for c in id_columns if c in df.columns), None)
+    if col is None:
+        return pd.Series([f"{path.stem}-{label}" for label in df.index], index=df.index, dtype=object)
+    ids = df[col].map(lambda v: str(v) if isinstance(v, int | np.integer) and not isinstance(v, bool) else v)
+    _require_text(path, ids.to_frame(col), [col])
+    return ids
+
+
+def read_demos(path: str | Path) -> pd.DataFrame:
+    """Demonstrations: columns prompt, response (non-empty strings) plus any extra columns of the file."""
+    path = Path(path)
+    df = read_table(path)
+    _require_columns(path, df, ["prompt", "response"], "demonstrations")
+    _require_text(path, df, ["prompt", "response"])
+    return df
+
+
+import_demos = read_demos
+
+
+def read_prompts(path: str | Path) -> pd.DataFrame:
+    """Prompts: id (unique strings, "<stem>-<line>" when absent), prompt, and family if the file has it."""
+    path = Path(path)
+    df = read_table(path)
+    _require_columns(path, df, ["prompt"], "prompts")
+    _require_text(path, df, ["prompt"])
+    out = pd.DataFrame({"id": _ids(path, df), "prompt": df["prompt"]}, index=df.index)
+    dup = out["id"].duplicated()
+    if dup.any():
+        label = out.index[dup.to_numpy().argmax()]
+        raise DataError(
+            f"{_where(path, out, label)}, column 'id': duplicate id {out['id'][label]!r}; ids must be unique"
+        )
+    if "family" in df.columns:
+        out["family"] = df["family"]
+    return out
+
+
+# --- preferences ------------------------------------------------------------------------------------------
+
+
+def ranking_to_pairs(responses: Sequence[str], ranking: Sequence[int]) -> list[tuple[int, int]]:
+    """Every (better, worse) index pair of a best-first ranking, skipping pairs of identical texts.
+
+    B > A > D > C, i.e. ranking [1, 0, 3, 2] of responses [A, B, C, D], gives
+    (B,A), (B,D), (B,C), (A,D), (A,C), (D,C): n(n-1)/2 comparisons from one ranking (spec, "Building the
+    Preference Dataset"). Two identical texts carry no preference, so their pair is dropped.
+    """
+    n = len(responses)
+    if sorted(ranking) != list(range(n)) or any(isinstance(r, bool) for r in ranking):
+        raise DataError(
+            f"ranking {list(ranking)} is not a permutation of 0..{n - 1}; list every response index "
+            "exactly once, best first"
+        )
+    return [
+        (better, worse)
+        for i, better in enumerate(ranking)
+        for worse in ranking[i + 1 :]
+        if responses[better] != responses[worse]
+    ]
+
+
+def split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Two Anthropic-HH transcripts -> (prompt, chosen response, rejected response).
+
+    The prompt is the longest shared prefix that ends right after an "Assistant:" marker; surrounding
+    whitespace is stripped from all three parts (HH puts a space after the marker).
+    """
+    shared = 0
+    for a, b in zip(chosen, rejected, strict=False):
+        if a != b:
+            break
+        shared += 1
+    cut = chosen.rfind(HH_MARKER, 0, shared)  # the marker must lie wholly inside the shared prefix
+    if cut < 0:
+        raise DataError(
+            f"chosen and rejected share no prefix ending in '{HH_MARKER}'; hh rows must be the same "
+            "conversation up to the final Assistant turn"
+        )
+    cut += len(HH_MARKER)
+    return chosen[:cut].strip(), chosen[cut:].strip(), rejected[cut:].strip()
+
+
+def _detect_format(path: Path, columns: Sequence[str]) -> str:
+    cols = set(columns)
+    if {"prompt", "responses", "ranking"} <= cols:
+        return "ranked"
+    if {"prompt", "chosen", "rejected"} <= cols:
+        return "trl"
+    if {"chosen", "rejected"} <= cols:
+        return "hh"
+    raise DataError(
+        f"{path}: cannot tell the preference format from columns {sorted(cols)}; expected trl "
+        "{prompt, chosen, rejected}, hh {chosen, rejected} or ranked {prompt, responses, ranking}"
+    )
+
+
+def _as_list(value: Any, where: str, col: str) -> list[Any]:
+    """A list cell: a list (JSONL), an array (Parquet) or a JSON string (CSV)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}, column '{col}': not a JSON list ({e.msg}); write it as [..]") from e
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, list):
+        raise DataError(f"{where}, column '{col}': expected a list, got {type(value).__name__}")
+    return value
+
+
+def _ranked_rows(path: Path, df: pd.DataFrame, ids: pd.Series) -> list[dict[str, Any]]:
+    rows = []
+    for label, prompt, responses, ranking in zip(df.index, df["prompt"], df["responses"], df["ranking"], strict=True):
+        where = _where(path, df, label)
+        responses = _as_list(responses, where, "responses")
+        ranking = _as_list(ranking, where, "ranking")
+        for k, text in enumerate(responses):
+            if (rule := _text_rule(text)) is not None:
+                raise DataError(f"{where}, column 'responses'[{k}]: {rule}; fix or remove that response")
+        if not all(isinstance(r, int) for r in ranking):
+            raise DataError(f"{where}, column 'ranking': entries must be integers, got {ranking}")
+        try:
+            pairs = ranking_to_pairs(responses, ranking)
+        except DataError as e:
+            raise DataError(f"{where}, column 'ranking': {e}") from e
+        for better, worse in pairs:
+            pair = {"prompt": prompt, "chosen": responses[better], "rejected": responses[worse]}
+            rows.append({**pair, "prompt_id": ids[label], "source_row": label})
+    return rows
+
+
+def _hh_rows(path: Path, df: pd.DataFrame, ids: pd.Series) -> list[dict[str, Any]]:
+    rows = []
+    for label, chosen, rejected in zip(df.index, df["chosen"], df["rejected"], strict=True):
+        try:
+            prompt, good, bad = split_hh(chosen, rejected)
+        except DataError as e:
+            raise DataError(f"{_where(path, df, label)}, columns 'chosen'/'rejected': {e}") from e
+        for col, text in (("chosen", good), ("rejected", bad)):
+            if not text:
+                raise DataError(f"{_where(path, df, label)}, column '{col}': empty response after the prompt")
+        rows.append({"prompt": prompt, "chosen": good, "rejected": bad, "prompt_id": ids[label], "source_row": label})
+    return rows
+
+
+def import_preferences(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
+    """Preference data (trl, hh or ranked) -> DataFrame[prompt, chosen, rejected, prompt_id, source_row].
+
+    source_row is the line (JSONL/CSV) or row (Parquet) each pair came from; a ranked row yields many pairs.
+    """
+    path = Path(path)
+    df = read_table(path)
+    if fmt == "auto":
+        fmt = _detect_format(path, df.columns)
+    if fmt not in PREF_COLUMNS:
+        raise DataError(f"{path}: unknown preference format '{fmt}'; use one of {sorted(PREF_COLUMNS)} or 'auto'")
+    _require_columns(path, df, PREF_COLUMNS[fmt], f"format {fmt}")
+    _require_text(path, df, [c for c in PREF_COLUMNS[fmt] if c not in ("responses", "ranking")])
+    ids = _ids(path, df, ("prompt_id", "id"))
+    if fmt == "ranked":
+        rows = _ranked_rows(path, df, ids)
+    elif fmt == "hh":
+        rows = _hh_rows(path, df, ids)
+    else:
+        rows = [
+            {"prompt": p, "chosen": c, "rejected": r, "prompt_id": ids[label], "source_row": label}
+            for label, p, c, r in zip(df.index, df["prompt"], df["chosen"], df["rejected"], strict=True)
+        ]
+    columns = ["prompt", "chosen", "rejected", "prompt_id", "source_row"]
+    return pd.DataFrame(rows, columns=columns).astype({"source_row": "int64"})

@@ -1,0 +1,169 @@
+"""The language-model training loop shared by base pretraining and SFT.
+
+AdamW (decay on matrices only), linear warmup then cosine decay, gradient clipping, held-out loss, progress with
+rate and ETA, and resumable checkpoints: a training state saved every `checkpoint_every` steps restores optimizer,
+RNG and step, and batches are a pure function of the step, so a resumed run ends with the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rlhf.checkpoint import load_training_state, save_training_state
+from rlhf.io import atomic_dir
+from rlhf.lm_data import IGNORE, Batch
+from rlhf.model import GPT
+from rlhf.progress import Progress
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    """optimizer steps"""
+    batch_size: int = 32
+    """sequences per step"""
+    lr: float = 1e-3
+    """peak learning rate"""
+    min_lr_ratio: float = 0.1
+    """the cosine decays to lr * min_lr_ratio"""
+    warmup_steps: int = 50
+    """linear warmup from 0 to lr"""
+    weight_decay: float = 0.1
+    """AdamW decay, applied to matrices only (not biases, LayerNorms)"""
+    grad_clip: float = 1.0
+    """max global gradient norm (0: off)"""
+    eval_every: int = 100
+    """steps between held-out evaluations"""
+    checkpoint_every: int = 200
+    """steps between resumable training states (0: never)"""
+    seed: int = 0
+    """seeds initialisation and batch order"""
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine to cfg.lr * min_lr_ratio at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+def lm_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over targets that are not IGNORE."""
+    logits = model(x)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+
+
+@torch.no_grad()
+def evaluate_loss(model: GPT, batches: list[Batch]) -> float:
+    """Token-weighted mean loss over fixed held-out batches."""
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in batches:
+        n = int((y != IGNORE).sum())
+        total += float(lm_loss(model, x, y)) * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def train_lm(
+    model: GPT,
+    sample: Callable[[int], Batch],
+    eval_batches: list[Batch],
+    cfg: TrainConfig,
+    state_dir: Path,
+    log: LogFn,
+    name: str = "train",
+    stop_at: int | None = None,
+) -> dict[str, float]:
+    """Train `model` in place for cfg.steps, resuming from state_dir if it holds a state of this run.
+
+    `stop_at` ends the run early after that step (with a training state written), as an interruption would;
+    the test of resume equivalence uses it. Returns the final metrics.
+    """
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    start = _maybe_resume(model, opt, state_dir, cfg, name)
+    progress = Progress(name, cfg.steps, unit="step")
+    progress.done = start
+    model.train()
+    metrics: dict[str, float] = {}
+    t0, tokens = time.perf_counter(), 0
+    for step in range(start, cfg.steps):
+        # 1. learning rate of this step, 2. batch of this step, 3. forward/backward, 4. clip and step
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        x, y = sample(step)
+        loss = lm_loss(model, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        opt.step()
+        tokens += int((y != IGNORE).sum())
+        metrics = {
+            f"{name}/loss": loss.item(),
+            f"{name}/lr": lr_at(step, cfg),
+            f"{name}/grad_norm": grad_norm.item(),
+        }
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            metrics[f"{name}/val_loss"] = evaluate_loss(model, eval_batches)
+            metrics[f"{name}/tokens_per_s"] = tokens / (time.perf_counter() - t0)
+        log(metrics, done)
+        loss_value = metrics[f"{name}/loss"]
+        progress.update(1, loss=loss_value)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"{name}: loss became {loss_value} at step {done}; no state was saved")
+        if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == stop_at) and done < cfg.steps:
+            _save_state(model, opt, state_dir, cfg, done)
+        if stop_at is not None and done >= stop_at:
+            break
+    return metrics
+
+
+def _config_key(cfg: TrainConfig) -> str:
+    return repr(cfg)
+
+
+def _save_state(model: GPT, opt: torch.optim.Optimizer, state_dir: Path, cfg: TrainConfig, step: int) -> None:
+    from rlhf.checkpoint import write_model
+
+    with atomic_dir(state_dir) as tmp:
+        write_model(tmp, model, None, {})
+        save_training_state(tmp, {"opt": opt}, {"step": step, "config": _config_key(cfg)})
+
+
+def _maybe_resume(model: GPT, opt: torch.optim.Optimizer, state_dir: Path, cfg: TrainConfig, name: str) -> int:
+    """Restore model, optimizer and RNG from state_dir when it holds a state of this very config."""
+    from safetensors.torch import load_file
+
+    if not (state_dir / "state.json").exists():
+        return 0
+    import json
+
+    meta = json.loads((state_dir / "state.json").read_text())["meta"]
+    if meta.get("config") != _config_key(cfg):
+        print(f"[{name}] ignoring {state_dir}: it was saved with other parameters")
+        return 0
+    model.load_state_dict(load_file(str(state_dir / "model.safetensors")))
+    load_training_state(state_dir, {"opt": opt})
+    print(f"[{name}] resumed from {state_dir} at step {meta['step']}")
+    return int(meta["step"])

@@ -1,0 +1,248 @@
+"""A nanoGPT-style GPT and its scalar-head variant (the reward model and the critic).
+
+Shape legend, used in every comment of the project:
+    B batch, T time (tokens in this forward pass), S total key length (cache + T), C width (n_embd),
+    nh heads, hs head size (C // nh), V vocabulary, L layers.
+
+The body (`Transformer`: token + position embeddings, pre-LN blocks, final LayerNorm) is shared by the two heads.
+`GPT` ties its LM head to the token embedding; `ScalarHeadModel` is the spec's "brain surgery": the same body with
+a Linear(C, 1) head, read at the last non-pad token (the spec's `x[:, -1]` is wrong on a right-padded batch).
+
+Padding: without an attention mask the model is plainly causal, which is exact for right-padded batches (a valid
+token never looks at a later pad). With a mask (1 = real token) pads are hidden from every query and position ids
+follow the mask, so a left-padded prompt gives each row the same result as running it alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 2048
+    """tokens in the vocabulary (the tokenizer's size)"""
+    block_size: int = 128
+    """longest sequence the model reads (prompt + response)"""
+    n_layer: int = 4
+    """transformer blocks"""
+    n_head: int = 4
+    """attention heads per block"""
+    n_embd: int = 128
+    """residual stream width"""
+    dropout: float = 0.0
+    """dropout in training; RLHF stages run with 0 (dropout breaks ratio == 1 at PPO's first step)"""
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+
+
+class KVCache:
+    """Preallocated keys and values for incremental decoding: two (L, B, nh, S_max, hs) buffers."""
+
+    def __init__(self, cfg: GPTConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype):
+        shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.n_embd // cfg.n_head)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # fused q, k, v
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            start = cache.length
+            cache.k[layer, :, :, start : start + T] = k
+            cache.v[layer, :, :, start : start + T] = v
+            k = cache.k[layer, :, :, : start + T]  # (B, nh, S, hs)
+            v = cache.v[layer, :, :, : start + T]  # (B, nh, S, hs)
+        # Plain causal attention (no mask, no cache) takes SDPA's fused path.
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None and cache is None,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(), nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int):
+        x = x + self.drop(self.attn(self.ln_1(x), mask, cache, layer))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+def attention_bias(key_mask: torch.Tensor, q_len: int) -> torch.Tensor:
+    """Boolean (B, 1, T, S) mask: query i (the last T of S positions) sees key j if j ≤ i and key j is real.
+
+    A query always sees itself, so a pad query has one finite row instead of NaNs (its output is never used).
+    """
+    _B, S = key_mask.shape
+    q_pos = torch.arange(S - q_len, S, device=key_mask.device)  # (T,)
+    k_pos = torch.arange(S, device=key_mask.device)  # (S,)
+    causal = k_pos[None, :] <= q_pos[:, None]  # (T, S)
+    allowed = causal[None] & key_mask[:, None, :].bool()  # (B, T, S)
+    allowed = allowed | (k_pos[None, :] == q_pos[:, None])[None]
+    return allowed[:, None]  # (B, 1, T, S)
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding: (B, S) mask -> (B, S) positions (pads get 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class Transformer(nn.Module):
+    """The body shared by every head: embeddings, blocks, final LayerNorm."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """idx (B, T) -> hidden states (B, T, C).
+
+        attention_mask (B, S) covers the cached positions and these T (S = cache length + T); position_ids (B, T)
+        default to the mask's running count, or to 0..T-1 (after the cache) without a mask.
+        """
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the context of {self.cfg.block_size}")
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = positions_from_mask(attention_mask)[:, past:]
+            else:
+                position_ids = torch.arange(past, past + T, device=idx.device)[None]
+        mask = None
+        if attention_mask is not None:
+            mask = attention_bias(attention_mask, T)
+        elif cache is not None:
+            mask = attention_bias(torch.ones(B, past + T, dtype=torch.bool, device=idx.device), T)
+        x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
+        for layer, block in enumerate(self.h):
+            x = block(x, mask, cache, layer)
+        if cache is not None:
+            cache.length = past + T
+        return self.ln_f(x)
+
+
+def _init_weights(module: nn.Module, n_layer: int) -> None:
+    for name, p in module.named_parameters():
+        if p.dim() >= 2:
+            # GPT-2's init; residual projections scaled by 1/sqrt(2L) so the stream's variance stays put.
+            std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("c_proj.weight") or ".mlp.2." in name else 0.02
+            nn.init.normal_(p, mean=0.0, std=std)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+
+
+class GPT(nn.Module):
+    """The language model: body + LM head tied to the token embedding."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = Transformer(cfg)
+        _init_weights(self, cfg.n_layer)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """idx (B, T) -> logits (B, T, V)."""
+        x = self.transformer(idx, attention_mask, position_ids, cache)  # (B, T, C)
+        return F.linear(x, self.transformer.wte.weight)  # (B, T, V)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class ScalarHeadModel(nn.Module):
+    """Body + Linear(C, 1): the reward model and the critic (the spec's "brain surgery")."""
+
+    def __init__(self, cfg: GPTConfig, head_std: float | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = Transformer(cfg)
+        self.head = nn.Linear(cfg.n_embd, 1)
+        _init_weights(self, cfg.n_layer)
+        # Reward head N(0, 1/sqrt(C+1)) as in lm-human-preferences; a critic passes 0 for a zero head.
+        std = 1 / math.sqrt(cfg.n_embd + 1) if head_std is None else head_std
+        nn.init.normal_(self.head.weight, std=std) if std > 0 else nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_lm(cls, lm: GPT, head_std: float | None = None) -> ScalarHeadModel:
+        """Brain surgery: keep the LM's body, drop its LM head, add a fresh scalar head."""
+        model = cls(lm.cfg, head_std)
+        model.transformer.load_state_dict(lm.transformer.state_dict())
+        return model
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """idx (B, T) -> one scalar per position (B, T) (the critic's values)."""
+        return self.head(self.transformer(idx, attention_mask, position_ids)).squeeze(-1)
+
+    def score(self, idx: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """idx, attention_mask (B, T) -> (B,) the scalar at each row's last real token (left or right padded)."""
+        values = self(idx, attention_mask if _has_left_pad(attention_mask) else None)  # (B, T)
+        return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) mask -> (B,) index of the last position whose mask is 1."""
+    T = attention_mask.shape[1]
+    pos = torch.arange(T, device=attention_mask.device)
+    return torch.where(attention_mask.bool(), pos, -1).amax(dim=1).clamp(min=0)
+
+
+def _has_left_pad(attention_mask: torch.Tensor) -> bool:
+    return bool((attention_mask[:, 0] == 0).any())

@@ -1,0 +1,96 @@
+"""Running PPO for many iterations: progress, monitoring, snapshots along training and resumable checkpoints.
+
+A checkpoint holds the actor, the critic, the optimizer, the KL controller, torch's RNG, the iteration and the
+metric history. Prompts and sampling are seeded by the iteration, so a run resumed from a checkpoint logs the
+same metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from rlhf.checkpoint import load_training_state, save_training_state, write_model
+from rlhf.io import atomic_dir
+from rlhf.model import GPT
+from rlhf.ppo_trainer import LogFn, PPOConfig, PPOState, ScoreFn, ppo_iteration
+from rlhf.progress import Progress
+from rlhf.tokenizer import ChatTokenizer
+
+Monitor = Callable[[list[str], list[str]], list[float]]  # a judge watched during training, never trained on
+
+
+def save_ppo_state(path: Path, state: PPOState, cfg: PPOConfig) -> None:
+    """Write a complete checkpoint directory; the previous one survives until this one is complete."""
+    with atomic_dir(path) as tmp:
+        (tmp / "actor").mkdir()
+        (tmp / "critic").mkdir()
+        write_model(tmp / "actor", state.actor, None, {})
+        write_model(tmp / "critic", state.critic, None, {})
+        meta = {
+            "iteration": state.iteration,
+            "config": repr(cfg),
+            "kl_ctl": state.kl_ctl.state_dict(),
+            "history": state.history,
+        }
+        save_training_state(tmp, {"opt": state.optimizer}, meta)
+
+
+def load_ppo_state(path: Path, state: PPOState, cfg: PPOConfig) -> bool:
+    """Restore `state` in place from a checkpoint of this very config; False when there is none to use."""
+    if not (path / "state.json").exists():
+        return False
+    meta = json.loads((path / "state.json").read_text())["meta"]
+    if meta["config"] != repr(cfg):
+        print(f"[ppo] ignoring {path}: it was saved with other parameters")
+        return False
+    state.actor.load_state_dict(load_file(str(path / "actor" / "model.safetensors")))
+    state.critic.load_state_dict(load_file(str(path / "critic" / "model.safetensors")))
+    load_training_state(path, {"opt": state.optimizer})
+    state.kl_ctl.load_state_dict(meta["kl_ctl"])
+    state.iteration, state.history = int(meta["iteration"]), meta["history"]
+    print(f"[ppo] resumed from {path} at iteration {state.iteration}")
+    return True
+
+
+def train_ppo(
+    state: PPOState,
+    ref: GPT,
+    score_fn: ScoreFn,
+    tok: ChatTokenizer,
+    prompts: list[str],
+    cfg: PPOConfig,
+    log: LogFn,
+    checkpoint_dir: Path,
+    checkpoint_every: int = 10,
+    monitor: Monitor | None = None,
+    snapshot: Callable[[PPOState], None] | None = None,
+    snapshot_every: int = 0,
+    stop_at: int | None = None,
+) -> list[dict[str, float]]:
+    """Iterate until cfg.iterations (or `stop_at`, as an interruption would); returns the metric history."""
+    load_ppo_state(checkpoint_dir, state, cfg)
+    ref.eval()
+    progress = Progress("ppo", cfg.iterations, unit="it", every_s=10)
+    progress.done = state.iteration
+    if snapshot and snapshot_every and state.iteration == 0:
+        snapshot(state)  # the starting point (SFT) is the first point of the over-optimisation curve
+    while state.iteration < cfg.iterations:
+        ro, stats = ppo_iteration(state, ref, score_fn, tok, prompts, cfg)
+        if monitor is not None:
+            gold = monitor(ro.prompts, ro.texts(tok))
+            stats["objective/gold_score"] = sum(gold) / len(gold)
+        state.history.append(stats)
+        log(stats, state.iteration)
+        progress.update(1, rm=stats["objective/rm_score"], kl=stats["objective/kl"])
+        if snapshot and snapshot_every and state.iteration % snapshot_every == 0:
+            snapshot(state)
+        done = state.iteration >= cfg.iterations
+        if checkpoint_every and not done and (state.iteration % checkpoint_every == 0 or state.iteration == stop_at):
+            save_ppo_state(checkpoint_dir, state, cfg)
+        if stop_at is not None and state.iteration >= stop_at:
+            break
+    return state.history

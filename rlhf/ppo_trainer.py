@@ -1,0 +1,254 @@
+"""The PPO loop of the spec (section 13) with the details that keep it stable (../guides/ppo-details.md).
+
+Four models: the actor (learning, initialised from SFT), the critic (learning; SFT body or reward model with a
+scalar head), the reference (frozen SFT) and the reward source (frozen reward model, or any judge). One iteration:
+  1. rollout     sample responses with the KV cache from the actor as it is (π_old); mask after EOS
+  2. score       normalised reward of each full response; penalty for responses that never emit EOS
+  3. reward      per-token KL estimate vs the reference, R_aug(t) = -β·KL(t) (+ score on the last token)
+  4. advantage   critic values, GAE over valid tokens, returns = A + V, advantages whitened over valid tokens
+  5. learn       E epochs × minibatches of clipped policy loss + value loss − entropy bonus, clipped grads
+  6. KL control  fixed β, or Ziegler et al.'s adaptive controller
+Shapes: B rollouts, N response tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from rlhf.generate import SamplingConfig
+from rlhf.model import GPT, ScalarHeadModel
+from rlhf.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    explained_variance,
+    gae,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_whiten,
+    per_token_kl,
+    policy_loss,
+    total_loss,
+    value_loss,
+)
+from rlhf.rollout import Rollout, has_eos, policy_forward, sample_rollout, value_forward
+from rlhf.tokenizer import ChatTokenizer
+
+LogFn = Callable[[dict[str, float], int], None]
+ScoreFn = Callable[[Rollout], torch.Tensor]  # raw reward (B,) of a rollout
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    iterations: int = 40
+    """rollout + learning rounds"""
+    batch_size: int = 64
+    """rollouts per iteration"""
+    mini_batches: int = 2
+    """minibatches per epoch (batch_size must divide evenly)"""
+    ppo_epochs: int = 4
+    """passes over each static batch"""
+    lr: float = 5e-5
+    """actor learning rate (annealed linearly to 0 over the run)"""
+    critic_lr: float = 1e-4
+    """critic learning rate (annealed likewise)"""
+    max_new_tokens: int = 48
+    """longest response"""
+    temperature: float = 1.0
+    """rollout temperature; training divides logits by the same value"""
+    kl_coef: float = 0.05
+    """β, the initial value when adaptive"""
+    adaptive_kl: bool = False
+    """Ziegler et al.'s controller instead of a fixed β"""
+    kl_target: float = 6.0
+    """target KL per response (adaptive only)"""
+    kl_horizon: int = 10000
+    """controller horizon in episodes (adaptive only)"""
+    kl_estimator: str = "k1"
+    """per-token KL estimate in the reward: k1 = logp − ref_logp (the spec's) or k3"""
+    cliprange: float = 0.2
+    """ε of the clipped policy loss"""
+    cliprange_value: float | None = 0.2
+    """value clipping around the rollout's values (None: off)"""
+    vf_coef: float = 0.1
+    """weight of the value loss"""
+    ent_coef: float = 0.01
+    """weight of the entropy bonus"""
+    gamma: float = 1.0
+    """discount"""
+    lam: float = 0.95
+    """GAE λ"""
+    missing_eos_penalty: float = 1.0
+    """subtracted from the normalised score of a response that never emits EOS (0: off)"""
+    grad_clip: float = 1.0
+    """max gradient norm of actor and critic"""
+    seed: int = 0
+    """prompt order and sampling"""
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.mini_batches:
+            raise ValueError(f"ppo.batch_size {self.batch_size} is not divisible by mini_batches {self.mini_batches}")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"ppo.kl_estimator must be 'k1' or 'k3', got '{self.kl_estimator}'")
+
+
+@dataclass
+class PPOState:
+    """Everything that changes during training: what a checkpoint must hold for an identical resume."""
+
+    actor: GPT
+    critic: ScalarHeadModel
+    optimizer: torch.optim.Optimizer
+    kl_ctl: FixedKLController | AdaptiveKLController
+    iteration: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_state(actor: GPT, critic: ScalarHeadModel, cfg: PPOConfig) -> PPOState:
+    groups = [
+        {"params": list(actor.parameters()), "lr": cfg.lr, "initial_lr": cfg.lr},
+        {"params": list(critic.parameters()), "lr": cfg.critic_lr, "initial_lr": cfg.critic_lr},
+    ]
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.0, eps=1e-5)
+    kl_ctl = (
+        AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        if cfg.adaptive_kl
+        else FixedKLController(cfg.kl_coef)
+    )
+    return PPOState(actor, critic, opt, kl_ctl)
+
+
+def _generator(seed: int, iteration: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+
+
+def iteration_prompts(prompts: list[str], cfg: PPOConfig, iteration: int) -> list[str]:
+    """The batch of one iteration: a seeded pass order over the prompt set, a pure function of the iteration."""
+    per_pass = max(1, len(prompts) // cfg.batch_size)
+    epoch, k = divmod(iteration, per_pass)
+    order = torch.randperm(len(prompts), generator=_generator(cfg.seed, -1 - epoch)).tolist()
+    take = order[k * cfg.batch_size : (k + 1) * cfg.batch_size]
+    return [prompts[i] for i in (take if len(take) == cfg.batch_size else order[: cfg.batch_size])]
+
+
+@torch.no_grad()
+def make_experience(
+    state: PPOState, ref: GPT, score_fn: ScoreFn, tok: ChatTokenizer, prompts: list[str], cfg: PPOConfig
+) -> tuple[Rollout, dict[str, float]]:
+    """Steps 1–4: rollout, score, KL-penalised rewards, advantages. Returns the static batch and its stats."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    ro = sample_rollout(state.actor, tok, prompts, sampling, _generator(cfg.seed, state.iteration))
+    timings["time/rollout"] = time.perf_counter() - t
+    # 2. score: normalised reward, minus the penalty for never emitting EOS
+    t = time.perf_counter()
+    ro.raw_scores = score_fn(ro).float()
+    eos = has_eos(ro, tok.eos_id)
+    ro.scores = ro.raw_scores - cfg.missing_eos_penalty * (~eos).float()
+    # forward passes of π_old, π_ref and the critic over the same sequences
+    ro.logprobs, _ = policy_forward(state.actor, ro, cfg.temperature)
+    ro.ref_logprobs, _ = policy_forward(ref, ro, cfg.temperature)
+    ro.values = value_forward(state.critic, ro)
+    timings["time/score_and_forward"] = time.perf_counter() - t
+    # 3. augmented rewards R_aug(t) = -β·KL(t) + score on the last valid token (spec section 8)
+    beta = state.kl_ctl.value
+    ro.rewards = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, beta, cfg.kl_estimator)
+    # 4. advantages over valid tokens only; returns from the raw advantages; then whiten (TRL's order)
+    advantages, ro.returns = gae(ro.rewards, ro.values * ro.mask, ro.mask, cfg.gamma, cfg.lam)
+    ro.advantages = masked_whiten(advantages, ro.mask)
+    kl_tokens = per_token_kl(ro.logprobs, ro.ref_logprobs, ro.mask, "k1")
+    stats = {
+        "objective/rm_score": float(ro.raw_scores.mean()),
+        "objective/score": float(ro.scores.mean()),
+        "objective/kl": float(kl_tokens.sum(1).mean()),  # per response: sum over its tokens
+        "objective/kl_coef": beta,
+        "objective/non_eos_frac": float((~eos).float().mean()),
+        "ppo/mean_response_length": float(ro.mask.sum(1).mean()),
+        "ppo/returns_mean": float(masked_mean(ro.returns, ro.mask)),
+        "ppo/val/values_mean": float(masked_mean(ro.values, ro.mask)),
+        **timings,
+    }
+    return ro, stats
+
+
+def learn(state: PPOState, ro: Rollout, cfg: PPOConfig, lr_frac: float) -> dict[str, float]:
+    """Step 5: PPO epochs over the static batch; returns the mean of each statistic over minibatches."""
+    for group in state.optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * lr_frac  # linear anneal to 0 (N-implementation-details)
+    state.actor.train()
+    state.critic.train()
+    mb_size = cfg.batch_size // cfg.mini_batches
+    g = _generator(cfg.seed, 10**6 + state.iteration)
+    sums: dict[str, float] = {}
+    count, ratio_max, first_approxkl = 0, 0.0, float("nan")
+    for epoch in range(cfg.ppo_epochs):
+        perm = torch.randperm(cfg.batch_size, generator=g)
+        for start in range(0, cfg.batch_size, mb_size):
+            mb = ro.select(perm[start : start + mb_size])
+            mb_logprobs, mb_entropy = policy_forward(state.actor, mb, cfg.temperature, with_entropy=True)
+            mb_vpred = value_forward(state.critic, mb)
+            pg_loss, pg_stats = policy_loss(mb_logprobs, mb.logprobs, mb.advantages, mb.mask, cfg.cliprange)
+            vf_loss, vf_stats = value_loss(mb_vpred, mb.values, mb.returns, mb.mask, cfg.cliprange_value)
+            entropy = masked_mean(mb_entropy, mb.mask)
+            loss = total_loss(pg_loss, vf_loss, entropy, cfg.vf_coef, cfg.ent_coef)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"PPO iteration {state.iteration + 1}, epoch {epoch + 1}: loss is {loss.item()} "
+                    f"(policy {pg_loss.item()}, value {vf_loss.item()}); stopped before any checkpoint"
+                )
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(state.actor.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(state.critic.parameters(), cfg.grad_clip)
+            state.optimizer.step()
+            mb_stats = {
+                "ppo/policy/pg_loss": pg_loss.item(),
+                "ppo/val/vf_loss": vf_loss.item(),
+                "ppo/policy/entropy": entropy.item(),
+                "ppo/loss/total": loss.item(),
+                **{f"ppo/policy/{k}": v for k, v in pg_stats.items()},
+                **{f"ppo/val/{k}": v for k, v in vf_stats.items()},
+            }
+            if epoch == 0 and start == 0:  # the check that rollout and training log-probs agree
+                first_approxkl = pg_stats["approxkl"]
+            ratio_max = max(ratio_max, pg_stats.pop("ratio_max"))
+            for k, v in mb_stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+    out = {k: v / count for k, v in sums.items()}
+    return out | {"ppo/policy/ratio_max": ratio_max, "ppo/policy/first_approxkl": first_approxkl}
+
+
+def check_finite(state: PPOState) -> None:
+    """A NaN or Inf in the weights stops the run before any checkpoint is overwritten."""
+    for name, model in (("actor", state.actor), ("critic", state.critic)):
+        for pname, p in model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise FloatingPointError(
+                    f"PPO iteration {state.iteration}: non-finite values in {name}.{pname}; "
+                    "the last good checkpoint was left untouched"
+                )
+
+
+def ppo_iteration(
+    state: PPOState, ref: GPT, score_fn: ScoreFn, tok: ChatTokenizer, prompts: list[str], cfg: PPOConfig
+) -> tuple[Rollout, dict[str, float]]:
+    """One full iteration (steps 1–6); updates `state` in place and returns the rollout and its metrics."""
+    t0 = time.perf_counter()
+    ro, stats = make_experience(state, ref, score_fn, tok, iteration_prompts(prompts, cfg, state.iteration), cfg)
+    t = time.perf_counter()
+    stats |= learn(state, ro, cfg, lr_frac=1.0 - state.iteration / cfg.iterations)
+    stats["time/update"] = time.perf_counter() - t
+    with torch.no_grad():
+        stats["ppo/val/explained_var"] = explained_variance(ro.values, ro.returns, ro.mask)
+    # 6. KL control: the controller sees the mean KL per response of this batch
+    state.kl_ctl.update(stats["objective/kl"], cfg.batch_size)
+    state.iteration += 1
+    check_finite(state)
+    stats["time/iteration"] = time.perf_counter() - t0
+    return ro, {k: v for k, v in stats.items() if not math.isnan(v)}

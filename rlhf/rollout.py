@@ -1,0 +1,107 @@
+"""PPO's experience: sample responses, score them, and the forward passes of the four models.
+
+Shapes: B rollouts, P prompt tokens (left-padded), N response tokens (right-padded after EOS), V vocabulary.
+A full sequence is `[prompt | response]` of P + N tokens with mask `[prompt_mask | response_mask]`.
+The log-prob of response token t and the critic's value of the state before it are both read at position
+P - 1 + t: the hidden state that predicts token t (TRL and lm-human-preferences index the same way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+
+from rlhf.generate import SamplingConfig, generate
+from rlhf.model import GPT, ScalarHeadModel
+from rlhf.ppo import entropy_from_logits, logprobs_from_logits
+from rlhf.tokenizer import ChatTokenizer
+
+RewardFn = Callable[["Rollout"], torch.Tensor]
+
+
+@dataclass
+class Rollout:
+    """One static batch of experience (spec section 13, phase 1). All tensors detached."""
+
+    prompt_ids: torch.Tensor  # (B, P)
+    prompt_mask: torch.Tensor  # (B, P)
+    responses: torch.Tensor  # (B, N)
+    mask: torch.Tensor  # (B, N) float, 1 on response tokens up to and including EOS
+    prompts: list[str]
+    logprobs: torch.Tensor | None = None  # (B, N) under π_old
+    ref_logprobs: torch.Tensor | None = None  # (B, N) under π_ref
+    values: torch.Tensor | None = None  # (B, N) critic at rollout time
+    scores: torch.Tensor | None = None  # (B,) normalised reward (with EOS penalty)
+    raw_scores: torch.Tensor | None = None  # (B,) reward source's score before normalisation
+    rewards: torch.Tensor | None = None  # (B, N) KL-penalised
+    advantages: torch.Tensor | None = None  # (B, N) whitened
+    returns: torch.Tensor | None = None  # (B, N)
+
+    @property
+    def ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.responses], 1)  # (B, P + N)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.mask.long()], 1)  # (B, P + N)
+
+    def select(self, idx: torch.Tensor) -> Rollout:
+        """The rows `idx` of every tensor (a minibatch)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v[idx] if torch.is_tensor(v) else ([v[i] for i in idx.tolist()] if f.name == "prompts" else v)
+        return Rollout(**out)
+
+    def texts(self, tok: ChatTokenizer) -> list[str]:
+        return [tok.decode_response(r.tolist()) for r in self.responses]
+
+
+def sample_rollout(
+    actor: GPT,
+    tok: ChatTokenizer,
+    prompts: list[str],
+    sampling: SamplingConfig,
+    generator: torch.Generator,
+) -> Rollout:
+    """Step 1: responses from the actor as it is now (π_old), truncated after EOS, masked beyond it."""
+    from rlhf.generate import left_pad
+
+    ids, pmask = left_pad([tok.encode_prompt(p) for p in prompts], tok.pad_id)
+    actor.eval()
+    gen = generate(actor, ids, pmask, sampling, tok.eos_id, tok.pad_id, generator)
+    # Drop columns that are padding in every row: the learning phase then does no work on them.
+    n = max(1, int(gen.mask.sum(1).max()))
+    return Rollout(ids, pmask, gen.tokens[:, :n], gen.mask[:, :n], prompts)
+
+
+def policy_forward(
+    actor: GPT, ro: Rollout, temperature: float, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (B, N) of the sampled response tokens under logits / temperature; entropy (B, N) if asked.
+
+    Dividing by the sampling temperature here as in the rollout is what makes the ratio exactly 1 at the first
+    minibatch (ppo-details: "divide logits by the sampling temperature both when rolling out and in training").
+    """
+    P = ro.prompt_ids.shape[1]
+    logits = actor(ro.ids, attention_mask=ro.attention_mask)[:, P - 1 : -1] / temperature  # (B, N, V)
+    logprobs = logprobs_from_logits(logits, ro.responses)
+    return logprobs, entropy_from_logits(logits) if with_entropy else None
+
+
+def value_forward(critic: ScalarHeadModel, ro: Rollout) -> torch.Tensor:
+    """Critic values (B, N) of the states before each response token."""
+    P = ro.prompt_ids.shape[1]
+    return critic(ro.ids, attention_mask=ro.attention_mask)[:, P - 1 : -1]
+
+
+def reward_model_scores(rm: ScalarHeadModel, ro: Rollout) -> torch.Tensor:
+    """The reward model's score (B,) of each full sequence, read at its last real token."""
+    return rm.score(ro.ids, ro.attention_mask)
+
+
+def has_eos(ro: Rollout, eos_id: int) -> torch.Tensor:
+    """(B,) bool: the response ended with EOS (instead of running out of tokens)."""
+    return (ro.responses == eos_id).any(1)

@@ -1,0 +1,89 @@
+"""Byte-level BPE (Hugging Face `tokenizers`) with the project's one chat format.
+
+The format, used by SFT, the reward model, PPO and evaluation alike:
+
+    <|user|>{prompt}<|assistant|>{response}<|eos|>
+
+`encode_prompt` gives the part up to and including `<|assistant|>` (what a policy is conditioned on) and
+`encode_response` the rest. Byte-level BPE maps every byte to a token, so any Unicode string round-trips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+PAD, EOS, USER, ASSISTANT = "<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>"
+SPECIAL_TOKENS = [PAD, EOS, USER, ASSISTANT]  # ids 0..3, in this order
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> ChatTokenizer:
+    """Train a byte-level BPE of `vocab_size` tokens (specials included) on an iterator of texts."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: nothing is ever unknown
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return ChatTokenizer(tok)
+
+
+class ChatTokenizer:
+    """A `tokenizers.Tokenizer` plus the special ids and the chat format."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+        ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
+        if None in ids:
+            raise ValueError(f"tokenizer lacks the special tokens {SPECIAL_TOKENS}")
+        self.pad_id, self.eos_id, self.user_id, self.assistant_id = ids
+
+    @classmethod
+    def load(cls, path: str | Path) -> ChatTokenizer:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no tokenizer file (run the tokenizer stage first)")
+        return cls(Tokenizer.from_file(str(path)))
+
+    def save(self, path: str | Path) -> None:
+        from rlhf.io import write_text
+
+        write_text(path, self.tok.to_str())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        """Plain text -> ids (special-token strings inside the text become their special ids)."""
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return [self.user_id, *self.encode(prompt), self.assistant_id]
+
+    def encode_response(self, response: str) -> list[int]:
+        return [*self.encode(response), self.eos_id]
+
+    def decode_response(self, ids: Iterable[int]) -> str:
+        """Response ids -> text, stopping at the first EOS and dropping pads."""
+        out = []
+        for i in ids:
+            if i == self.eos_id:
+                break
+            if i != self.pad_id:
+                out.append(i)
+        return self.decode(out)

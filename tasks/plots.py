@@ -1,0 +1,78 @@
+"""Plots people look at (PNG, rendered offline) and the CSV files DVC plots read."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from rlhf.io import atomic_path
+
+
+def write_csv(out: Path, rows: list[dict]) -> None:
+    """Rows of dicts -> CSV with the union of keys as header (DVC plot data)."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path) -> None:
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_calibration(table: list[dict], out: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.plot([r["p_pred"] for r in table], [r["p_obs"] for r in table], "o-", label="reward model")
+    ax.set_xlabel("predicted P(first response preferred)")
+    ax.set_ylabel("observed frequency")
+    ax.set_title("Reward model calibration (held-out pairs)")
+    ax.legend()
+    _save(fig, out)
+    plt.close(fig)
+
+
+def plot_curves(history: list[dict], keys: list[tuple[str, str]], out: Path, title: str) -> None:
+    """One panel per (metric key, label) against the iteration."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    for ax, (key, label) in zip(axes[0], keys, strict=True):
+        pts = [(h["iteration"], h[key]) for h in history if key in h]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts])
+        ax.set_xlabel("PPO iteration")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, out)
+    plt.close(fig)
+
+
+def plot_overoptimization(rows: list[dict], out: Path) -> None:
+    """Gold and reward-model scores against sqrt(KL) from the reference (Gao et al. 2022)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    x = [r["sqrt_kl"] for r in rows]
+    ax.plot(x, [r["rm_score"] for r in rows], "o-", label="reward model (proxy)")
+    ax.plot(x, [r["gold_score"] for r in rows], "s-", label="gold judge")
+    ax.set_xlabel("sqrt(KL(actor || reference)) per response")
+    ax.set_ylabel("mean score (each relative to SFT)")
+    ax.set_title("Over-optimisation: proxy vs gold along PPO")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, out)
+    plt.close(fig)

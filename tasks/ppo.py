@@ -1,0 +1,162 @@
+"""Stage `ppo`: align the SFT model against the reward model with PPO (rlhf.ppo_trainer), then measure it.
+
+The reward source is the trained reward model (normalised by the mean/std saved with it) or, with `ppo.reward`
+set to an import path "module:function", any judge of (prompts, responses) — the same interface evaluation uses.
+The gold judge is watched during training for monitoring only; it never enters the loss. Actor snapshots saved
+along training feed the evaluation's over-optimisation curve.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import shutil
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rlhf.checkpoint import load_model, read_config, write_model
+from rlhf.data import read_prompts
+from rlhf.evaluation import judge_samples, sample_policy
+from rlhf.generate import SamplingConfig
+from rlhf.io import atomic_dir
+from rlhf.judges import RewardModelJudge, check_scores, load_judge
+from rlhf.model import ScalarHeadModel
+from rlhf.ppo_run import train_ppo
+from rlhf.ppo_trainer import PPOConfig, PPOState, make_state
+from rlhf.rollout import Rollout, reward_model_scores
+from rlhf.tokenizer import ChatTokenizer
+from tasks import tracking
+from tasks.common import build_dataclass, cli, load_params, path, write_metrics
+from tasks.plots import plot_curves, write_csv
+
+STATE = "state/ppo"
+
+
+@dataclass(frozen=True)
+class PPOParams(PPOConfig):
+    reward: str = "reward_model"
+    """"reward_model", or a judge's import path "module:function" scoring (prompts, responses)"""
+    critic_init: str = "reward_model"
+    """"reward_model" (TRL's choice) or "sft" (the spec's: SFT body with a fresh zero head)"""
+    checkpoint_every: int = 10
+    """iterations between resumable checkpoints"""
+    snapshot_every: int = 10
+    """iterations between actor snapshots for the over-optimisation curve (0: none)"""
+    probe_prompts: int = 128
+    """PPO prompts on which the SFT start and the final actor are measured (RM, gold, KL)"""
+
+
+def score_fn_for(spec: str, rm: ScalarHeadModel, rm_cfg: dict, tok: ChatTokenizer):
+    """The reward source as a function of a rollout -> raw score (B,)."""
+    if spec == "reward_model":
+        mean, std = rm_cfg.get("reward_mean", 0.0), rm_cfg.get("reward_std", 1.0)
+        return lambda ro: (reward_model_scores(rm, ro) - mean) / std
+    judge = load_judge(spec)
+
+    def score(ro: Rollout) -> torch.Tensor:
+        return torch.tensor(check_scores(spec, judge(ro.prompts, ro.texts(tok)), len(ro.prompts)))
+
+    return score
+
+
+def probe(actor, ref, tok, prompts, cfg: PPOParams, judges) -> dict[str, float]:
+    """RM score, gold score, KL and length of a policy on a fixed prompt set (same seed for every policy)."""
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    s = sample_policy(actor, tok, prompts, [str(i) for i in range(len(prompts))], sampling, 1, cfg.seed + 7, ref)
+    judge_samples(s, judges)
+    return {
+        "kl": float(s.kl.mean()),
+        "length": float(s.lengths.mean()),
+        **{f"{k}_score": float(v.mean()) for k, v in s.scores.items()},
+    }
+
+
+def run(params: dict) -> dict:
+    cfg = build_dataclass(PPOParams, params["ppo"], "params.yaml:ppo")
+    core = PPOConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PPOConfig)})
+    tok = ChatTokenizer.load(path("models/sft"))
+    actor, ref = load_model(path("models/sft"), "gpt"), load_model(path("models/sft"), "gpt").eval()
+    rm, rm_cfg = (
+        load_model(path("models/reward_model"), "scalar").eval(),
+        read_config(path("models/reward_model")),
+    )
+    critic = copy.deepcopy(rm) if cfg.critic_init == "reward_model" else ScalarHeadModel.from_lm(actor, head_std=0.0)
+    prompts = read_prompts(path("data/prepared/prompts_ppo.jsonl"))["prompt"].tolist()
+    spec = params.get("judge", {}).get("gold", "none")
+    gold = load_judge(spec) if spec != "none" else None
+    rm_judge = RewardModelJudge(rm, tok, rm_cfg.get("reward_mean", 0.0), rm_cfg.get("reward_std", 1.0))
+    judges = {"rm": rm_judge, **({"gold": gold} if gold else {})}
+    probe_set = prompts[: cfg.probe_prompts]
+    snapshots = path(STATE) / "snapshots"
+
+    def snapshot(state: PPOState) -> None:
+        with atomic_dir(snapshots / f"iter_{state.iteration:04d}") as tmp:
+            write_model(tmp, state.actor, path("models/sft/tokenizer.json"), {"iteration": state.iteration})
+
+    t0 = time.perf_counter()
+    with tracking.stage_run("ppo", {"ppo": params["ppo"]}) as tr:
+        start = probe(actor, ref, tok, probe_set, cfg, judges)
+        torch.manual_seed(cfg.seed)
+        state = make_state(actor, critic, core)
+        history = train_ppo(
+            state,
+            ref,
+            score_fn_for(cfg.reward, rm, rm_cfg, tok),
+            tok,
+            prompts,
+            core,
+            tr.log_metrics,
+            path(STATE) / "checkpoint",
+            cfg.checkpoint_every,
+            gold,
+            snapshot,
+            cfg.snapshot_every,
+        )
+        end = probe(state.actor, ref, tok, probe_set, cfg, judges)
+        metrics = {
+            "kl": end["kl"],
+            "rm_score": end["rm_score"],
+            "gold_score": end.get("gold_score"),
+            "length": end["length"],
+            "sft_rm_score": start["rm_score"],
+            "sft_gold_score": start.get("gold_score"),
+            "sft_length": start["length"],
+            "iterations": len(history),
+            "seconds": time.perf_counter() - t0,
+            "seconds_per_iteration": float(np.mean([h["time/iteration"] for h in history])),
+        }
+        rows = [{"iteration": i + 1, **h} for i, h in enumerate(history)]
+        write_csv(path("plots/ppo_curves.csv"), rows)
+        keys = [
+            ("objective/rm_score", "RM score (normalised)"),
+            ("objective/kl", "KL per response"),
+            ("objective/gold_score", "gold score (monitor)"),
+            ("ppo/mean_response_length", "length"),
+            ("ppo/policy/entropy", "entropy"),
+            ("ppo/policy/pg_clipfrac", "pg_clipfrac"),
+        ]
+        plot_curves(rows, [k for k in keys if k[0] in rows[0]], path("plots/ppo_curves.png"), "PPO training")
+        tr.log_artifact(path("plots/ppo_curves.png"))
+        with atomic_dir(path("models/ppo")) as tmp:
+            for name, model in (("actor", state.actor), ("critic", state.critic)):
+                (tmp / name).mkdir()
+                write_model(tmp / name, model, path("models/sft/tokenizer.json"), {"stage": "ppo"})
+            if snapshots.exists():
+                shutil.copytree(snapshots, tmp / "snapshots")
+        clean = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        write_metrics("ppo", clean)
+    shutil.rmtree(path(STATE), ignore_errors=True)
+    return metrics
+
+
+def main() -> None:
+    cli(__doc__)
+    print(run(load_params()))
+
+
+if __name__ == "__main__":
+    main()

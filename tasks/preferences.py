@@ -1,0 +1,155 @@
+"""Stage `preferences`: the preference pairs the reward model learns from.
+
+With `data.preferences: world` the SFT model samples K responses per preference prompt, the world's simulated
+labeler ranks them, and each ranking becomes all its pairs (the spec's "Building the Preference Dataset").
+Otherwise a user's file is imported (TRL pairs, Anthropic-HH transcripts or ranked lists). Either way every file
+in data/feedback/ (new preference data accepted by the retraining flow) is appended. Output:
+data/preferences/pairs.parquet with prompt, chosen, rejected and provenance columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from rlhf.checkpoint import file_hash, load_model
+from rlhf.data import import_preferences, ranking_to_pairs, read_prompts
+from rlhf.generate import SamplingConfig, generate_text
+from rlhf.io import atomic_path
+from rlhf.tokenizer import ChatTokenizer
+from tasks import tracking
+from tasks.common import cli, load_params, path, section, write_metrics
+from tasks.prepare import DataParams
+
+OUT = "data/preferences/pairs.parquet"
+FEEDBACK = "data/feedback"
+COLUMNS = [
+    "prompt",
+    "chosen",
+    "rejected",
+    "prompt_id",
+    "chosen_rank",
+    "rejected_rank",
+    "labeler_seed",
+    "labeler_temperature",
+    "labeler_length_bias",
+    "sft_hash",
+    "source",
+]
+
+
+@dataclass(frozen=True)
+class PreferenceParams:
+    k: int = 4
+    """responses sampled per prompt"""
+    temperature: float = 1.0
+    """sampling temperature of the SFT model"""
+    max_new_tokens: int = 48
+    """longest sampled response"""
+    labeler_temperature: float = 0.5
+    """noise of the simulated labeler (Plackett–Luce temperature on the gold utility)"""
+    labeler_length_bias: float = 0.02
+    """the labeler's mild taste for length: utility += bias · words"""
+    labeler_seed: int = 7
+    """the labeler's own random stream"""
+    seed: int = 0
+    """sampling seed"""
+
+
+def collect_world(cfg: PreferenceParams) -> tuple[pd.DataFrame, dict]:
+    """Sample K responses per prompt from SFT, rank them with the simulated labeler, expand into pairs."""
+    from rlhf.world.judge import score as gold
+    from rlhf.world.labeler import SimulatedLabeler
+
+    prompts = read_prompts(path("data/prepared/prompts_pref.jsonl"))
+    sft_dir = path("models/sft")
+    model = load_model(sft_dir, arch="gpt")
+    tok = ChatTokenizer.load(sft_dir)
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    texts = prompts["prompt"].tolist()
+    responses = generate_text(model, tok, [p for p in texts for _ in range(cfg.k)], sampling, seed=cfg.seed)
+    labeler = SimulatedLabeler(cfg.labeler_temperature, cfg.labeler_length_bias, cfg.labeler_seed)
+    sft_hash = file_hash(sft_dir / "model.safetensors")
+    rows = []
+    for i, (pid, prompt) in enumerate(zip(prompts["id"], texts, strict=True)):
+        group = responses[i * cfg.k : (i + 1) * cfg.k]
+        ranking = labeler.rank(prompt, group)
+        rank_of = {idx: r for r, idx in enumerate(ranking)}
+        for better, worse in ranking_to_pairs(group, ranking):
+            c, r = group[better], group[worse]
+            rows.append(
+                [
+                    prompt,
+                    c,
+                    r,
+                    str(pid),
+                    rank_of[better],
+                    rank_of[worse],
+                    cfg.labeler_seed,
+                    float(cfg.labeler_temperature),
+                    float(cfg.labeler_length_bias),
+                    sft_hash,
+                    "world",
+                ]
+            )
+    # Two identical samples of one prompt (A, A, B) yield the pair (A, B) twice: keep one, it is one judgement.
+    df = pd.DataFrame(rows, columns=COLUMNS).drop_duplicates(["prompt", "chosen", "rejected"], ignore_index=True)
+    triples = list(zip(df["prompt"], df["chosen"], df["rejected"], strict=True))
+    stats = {
+        # the reward model's ceiling: the Bayes accuracy of the best possible model of this labeler
+        "labeler_ceiling": sum(labeler.pair_ceiling(p, c, r) for p, c, r in triples) / max(1, len(df)),
+        # how often the labeler's choice is also the gold judge's
+        "labeler_gold_agreement": sum(gold(p, c) > gold(p, r) for p, c, r in triples) / max(1, len(df)),
+        "pairs_dropped": len(prompts) * cfg.k * (cfg.k - 1) // 2 - len(df),  # identical texts or repeated pairs
+    }
+    return df, stats
+
+
+def imported(file, fmt: str) -> pd.DataFrame:
+    """A user's preference file in the pairs schema; provenance columns they lack stay empty (-1 / "")."""
+    df = import_preferences(file, fmt)
+    out = df[["prompt", "chosen", "rejected", "prompt_id"]].copy()
+    out["prompt_id"] = out["prompt_id"].astype(str)
+    out["chosen_rank"], out["rejected_rank"], out["labeler_seed"] = 0, 1, -1
+    out["labeler_temperature"], out["labeler_length_bias"] = float("nan"), float("nan")
+    out["sft_hash"], out["source"] = "", str(file)
+    return out[COLUMNS]
+
+
+def run(params: dict) -> dict:
+    cfg = section(params, "preferences", PreferenceParams)
+    data = section(params, "data", DataParams)
+    with tracking.stage_run("preferences", {"preferences": params["preferences"], "data": params["data"]}) as tr:
+        stats: dict = {}
+        if data.preferences == "world":
+            df, stats = collect_world(cfg)
+        else:
+            df = imported(path(data.preferences), data.preferences_format)
+        feedback = sorted(p for p in path(FEEDBACK).glob("*") if p.suffix in (".jsonl", ".json", ".parquet", ".csv"))
+        if feedback:
+            df = pd.concat([df, *(imported(f, "auto") for f in feedback)], ignore_index=True)
+        with atomic_path(path(OUT)) as tmp:
+            df.to_parquet(tmp, index=False)
+        metrics = {
+            "n_pairs": len(df),
+            "n_prompts": int(df["prompt"].nunique()),
+            "n_feedback_files": len(feedback),
+            "chosen_words": float(df["chosen"].str.split().str.len().mean()),
+            "rejected_words": float(df["rejected"].str.split().str.len().mean()),
+            **stats,
+        }
+        tr.log_metrics({f"preferences/{k}": float(v) for k, v in metrics.items()}, 0)
+        write_metrics("preferences", metrics)
+    return metrics
+
+
+def main() -> None:
+    cli(__doc__)
+    torch.set_grad_enabled(False)
+    print(run(load_params()))
+
+
+if __name__ == "__main__":
+    main()

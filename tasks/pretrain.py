@@ -1,0 +1,66 @@
+"""Stage `pretrain`: the base model, trained from scratch on the corpus (next-token prediction)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import torch
+
+from rlhf.checkpoint import save_model
+from rlhf.lm_data import WindowSampler, encode_documents, fixed_batches
+from rlhf.lm_train import TrainConfig, train_lm
+from rlhf.model import GPT, GPTConfig
+from rlhf.tokenizer import ChatTokenizer
+from tasks import tracking
+from tasks.common import build_dataclass, cli, load_params, path, section, write_metrics
+
+TOKENIZER = "data/tokenizer/tokenizer.json"
+EVAL_BATCHES = 8
+
+
+def model_config(params: dict, tokenizer: ChatTokenizer) -> GPTConfig:
+    return build_dataclass(GPTConfig, {**params["model"], "vocab_size": tokenizer.vocab_size}, "params.yaml:model")
+
+
+def run(params: dict) -> dict:
+    cfg = section(params, "pretrain", TrainConfig)
+    tok = ChatTokenizer.load(path(TOKENIZER))
+    mcfg = model_config(params, tok)
+    docs = [d for d in path("data/prepared/corpus.txt").read_text(encoding="utf-8").split("\n\n") if d]
+    n_val = max(1, len(docs) // 20)  # the last 5% of documents are held out
+    train = WindowSampler(encode_documents(tok, docs[:-n_val]), mcfg.block_size, cfg.batch_size, cfg.seed)
+    val = WindowSampler(encode_documents(tok, docs[-n_val:]), mcfg.block_size, cfg.batch_size, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = GPT(mcfg)
+    t0 = time.perf_counter()
+    with tracking.stage_run("pretrain", {"model": params["model"], "pretrain": params["pretrain"]}) as tr:
+        final = train_lm(
+            model,
+            train,
+            fixed_batches(val, EVAL_BATCHES),
+            cfg,
+            path("state/pretrain"),
+            tr.log_metrics,
+            name="pretrain",
+        )
+        metrics = {
+            "loss": final["pretrain/loss"],
+            "val_loss": final.get("pretrain/val_loss"),
+            "n_params": model.num_params(),
+            "train_tokens": cfg.steps * cfg.batch_size * mcfg.block_size,
+            "seconds": time.perf_counter() - t0,
+        }
+        save_model(path("models/base"), model, path(TOKENIZER), stage="pretrain", steps=cfg.steps)
+        write_metrics("pretrain", metrics)
+    shutil.rmtree(path("state/pretrain"), ignore_errors=True)  # finished: nothing left to resume
+    return metrics
+
+
+def main() -> None:
+    cli(__doc__)
+    print(run(load_params()))
+
+
+if __name__ == "__main__":
+    main()

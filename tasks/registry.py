@@ -1,0 +1,297 @@
+"""The model registry: rlhf-actor, rlhf-critic, rlhf-reward-model, their lineage, the actor's promotion.
+
+Each checkpoint is logged as a pyfunc "from code" (tasks/actor_model.py, tasks/scorer_model.py: nothing is
+pickled) with the checkpoint directory as its artifact and the core package `rlhf` as its code, then
+registered. A version holding the very same weights as an existing one is reused, so a pipeline run that
+retrained nothing registers nothing. Each version carries lineage tags: the git commit, the DVC hashes of the
+data and models its stage read (from dvc.lock), a hash of that stage's params, and the registered versions it
+was trained from.
+
+Promotion: a new actor gets the alias `challenger`; it becomes `champion` only when the lower bound of its
+win-rate CI is above 0.5 against the current champion (the first one: against SFT, which is what the evaluate
+stage measures). `decide_promotion` is the pure rule; `promote` gathers the evidence, applies the rule and
+records decision and evidence as version tags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from importlib.metadata import version as dist_version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks import tracking
+from tasks.common import ROOT, workdir
+
+ACTOR, CRITIC, REWARD_MODEL = "rlhf-actor", "rlhf-critic", "rlhf-reward-model"
+CHAMPION, CHALLENGER = "champion", "challenger"
+CKPT_TAG = "rlhf.checkpoint_sha256"  # identity of the weights: a version is reused when they match
+CODE = {ACTOR: ROOT / "tasks" / "actor_model.py", CRITIC: ROOT / "tasks" / "scorer_model.py"}
+CODE[REWARD_MODEL] = CODE[CRITIC]
+# What a served model needs; given explicitly, which also skips MLflow's ~5 s requirement inference.
+REQUIREMENTS = ["mlflow", "torch", "tokenizers", "safetensors", "numpy", "pandas"]
+
+Comparator = Callable[[Path, Path], Mapping[str, Any]]
+"""(candidate checkpoint dir, baseline checkpoint dir) -> eval metrics shaped like metrics/eval.json"""
+
+
+# --- the promotion rule ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    baseline: str
+    """what the challenger was compared with: "sft" or "champion:v<N>\""""
+    reason: str
+    win_rate: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    n: int = 0
+
+    def as_tags(self) -> dict[str, str]:
+        return {f"promotion.{k}": str(v) for k, v in asdict(self).items()}
+
+
+def decide_promotion(
+    vs_sft: Mapping[str, Any] | None,
+    vs_champion: Mapping[str, Any] | None,
+    champion: str | None,
+    judge: str = "gold",
+    threshold: float = 0.5,
+) -> PromotionDecision:
+    """Promote the challenger iff the lower bound of its win-rate CI under `judge` exceeds `threshold`.
+
+    The comparison that counts is against the current champion (version `champion`), or against SFT while
+    there is no champion. vs_sft / vs_champion are eval metrics dicts ({"gold": {"win_rate", "ci_low",
+    "ci_high", "n"}, ...}); a missing or malformed comparison never promotes. The bound is strict: a CI
+    touching or straddling 0.5 is no evidence of a better model.
+    """
+    evidence, baseline = (vs_sft, "sft") if champion is None else (vs_champion, f"champion:v{champion}")
+    block = (evidence or {}).get(judge)
+    if not isinstance(block, Mapping) or "ci_low" not in block:
+        return PromotionDecision(False, baseline, f"no '{judge}' win-rate against {baseline}")
+    stats = {k: float(block.get(k, math.nan)) for k in ("win_rate", "ci_low", "ci_high")}
+    n = int(block.get("n", 0))
+    if not math.isfinite(stats["ci_low"]):
+        return PromotionDecision(False, baseline, f"'{judge}' ci_low is not a number", n=n, **stats)
+    if stats["ci_low"] > threshold:
+        reason = f"ci_low {stats['ci_low']:.3f} > {threshold} against {baseline}"
+        return PromotionDecision(True, baseline, reason, n=n, **stats)
+    reason = f"ci_low {stats['ci_low']:.3f} <= {threshold} against {baseline}: not better with confidence"
+    return PromotionDecision(False, baseline, reason, n=n, **stats)
+
+
+# --- lineage -----------------------------------------------------------------------------------------------
+
+
+def read_lock(root: Path | None = None) -> dict[str, Any]:
+    """The stages of dvc.lock under `root` (default: the working root); {} before the first `dvc repro`."""
+    lock = (root or workdir()) / "dvc.lock"
+    if not lock.exists():
+        return {}
+    with open(lock, encoding="utf-8") as f:
+        return (yaml.safe_load(f) or {}).get("stages", {})
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """A short, order-independent hash of a stage's params."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_lineage(lock: Mapping[str, Any], stage: str) -> dict[str, str]:
+    """Lineage tags of what `stage` produced: DVC hashes of its data/model deps and outs, its params' hash."""
+    entry = lock.get(stage)
+    if entry is None:
+        return {"lineage.dvc_stage": f"{stage} (not in dvc.lock)"}
+    tags = {"lineage.dvc_stage": stage}
+    for kind in ("deps", "outs"):
+        for item in entry.get(kind, []):
+            if not item["path"].startswith(("rlhf/", "tasks/")):  # code is covered by the git commit
+                tags[f"lineage.dvc.{kind}.{item['path']}"] = str(item.get("md5") or item.get("hash"))
+    params = entry.get("params", {})
+    tags["lineage.params_hash"] = params_hash(params)
+    tags["lineage.params"] = json.dumps(params, sort_keys=True, default=str)
+    return tags
+
+
+# --- registration ------------------------------------------------------------------------------------------
+
+
+def pip_requirements() -> list[str]:
+    """REQUIREMENTS pinned to the installed versions (without local labels such as +cpu)."""
+    return [f"{name}=={dist_version(name).split('+')[0]}" for name in REQUIREMENTS]
+
+
+def signature(name: str) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    if name == ACTOR:
+        params = ParamSchema(
+            [
+                ParamSpec("max_new_tokens", "long", 48),
+                ParamSpec("temperature", "double", 0.7),
+                ParamSpec("seed", "long", 0),
+            ]
+        )
+        return ModelSignature(
+            Schema([ColSpec("string", "prompt")]), Schema([ColSpec("string", "response")]), params=params
+        )
+    inputs = Schema([ColSpec("string", "prompt"), ColSpec("string", "response")])
+    return ModelSignature(inputs, Schema([ColSpec("double", "score")]))
+
+
+def client() -> Any:
+    """A client of the project's store (tracking.setup: MLFLOW_TRACKING_URI or the embedded default)."""
+    import mlflow
+
+    tracking.setup()
+    return mlflow.MlflowClient()
+
+
+def find_version(name: str, sha256: str) -> Any | None:
+    """The registered version of `name` whose weights have this sha256, if any."""
+    found = client().search_model_versions(f"name = '{name}' and tags.`{CKPT_TAG}` = '{sha256}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def register(name: str, checkpoint: Path, tags: Mapping[str, str]) -> tuple[Any, bool]:
+    """Log `checkpoint` as a pyfunc in the active run and register it as a version of `name`.
+
+    Returns (version, created); created is False when a version with the same weights already existed.
+    """
+    import mlflow
+    from rlhf.checkpoint import file_hash
+
+    sha = file_hash(checkpoint / "model.safetensors")
+    existing = find_version(name, sha)
+    if existing is not None:
+        return existing, False
+    with warnings.catch_warnings():
+        # No input example on purpose: MLflow would load and run the model to check it (docs/lifecycle.md
+        # shows a request instead).
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(CODE[name]),
+            artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(ROOT / "rlhf")],
+            pip_requirements=pip_requirements(),
+            signature=signature(name),
+            registered_model_name=name,
+        )
+    mc = client()
+    version = str(info.registered_model_version)
+    for key, value in {**tags, CKPT_TAG: sha}.items():
+        mc.set_model_version_tag(name, version, key, value)
+    return mc.get_model_version(name, version), True
+
+
+@dataclass(frozen=True)
+class Registered:
+    """Versions of one pipeline run ("3"), and whether the actor is new (a challenger to evaluate)."""
+
+    actor: str
+    critic: str
+    reward_model: str
+    new_actor: bool
+
+
+def register_pipeline(root: Path | None = None, parent_run_id: str | None = None) -> Registered:
+    """Register the reward model, critic and actor under `root` (default: the working root) in a `register`
+    run, a child of `parent_run_id` when given."""
+    import mlflow
+
+    root = root or workdir()
+    lock = read_lock(root)
+    commit = {"lineage.git_commit": tracking.git_commit(root)}
+    exp_id = tracking.setup()
+    with mlflow.start_run(
+        experiment_id=exp_id,
+        run_name="register",
+        parent_run_id=parent_run_id,
+        tags=tracking.base_tags("register"),
+    ):
+        rm, _ = register(REWARD_MODEL, root / "models/reward_model", {**commit, **stage_lineage(lock, "reward_model")})
+        from_rm = {"lineage.from.rlhf-reward-model": str(rm.version)}
+        ppo_tags = {**commit, **stage_lineage(lock, "ppo"), **from_rm}
+        critic, _ = register(CRITIC, root / "models/ppo/critic", ppo_tags)
+        actor, new_actor = register(ACTOR, root / "models/ppo/actor", ppo_tags)
+        if new_actor:
+            client().set_registered_model_alias(ACTOR, CHALLENGER, actor.version)
+    return Registered(str(actor.version), str(critic.version), str(rm.version), new_actor)
+
+
+# --- promotion ---------------------------------------------------------------------------------------------
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version an alias points to, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client().get_model_version_by_alias(name, alias).version)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def download_checkpoint(name: str, version: str, dst: Path) -> Path:
+    """The checkpoint directory logged with a registered version, downloaded under `dst`."""
+    import mlflow
+
+    tracking.setup()
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+    # MLflow stores an artifact under its source directory's name: the MLmodel file says where.
+    flavor = mlflow.models.Model.load(local / "MLmodel").flavors["python_function"]
+    return local / flavor["artifacts"]["checkpoint"]["path"]
+
+
+def promote(
+    version: str, vs_sft: Mapping[str, Any] | None, compare: Comparator | None, judge: str = "gold"
+) -> PromotionDecision:
+    """Decide whether actor `version` becomes champion, record the decision on it, move the alias if so.
+
+    With a champion, `compare(challenger_dir, champion_dir)` runs the head-to-head evaluation; without one the
+    evaluate stage's comparison with SFT (`vs_sft`, metrics/eval.json) is the evidence.
+    """
+    mc = client()
+    champion = alias_version(ACTOR, CHAMPION)
+    if champion == version:
+        return PromotionDecision(True, f"champion:v{champion}", "already the champion")
+    vs_champion = None
+    if champion is not None:
+        if compare is None:
+            raise ValueError(f"{ACTOR} has a champion (v{champion}): a comparator is needed to challenge it")
+        with tempfile.TemporaryDirectory(prefix="rlhf-promote-") as tmp:
+            vs_champion = dict(
+                compare(
+                    download_checkpoint(ACTOR, version, Path(tmp) / "challenger"),
+                    download_checkpoint(ACTOR, champion, Path(tmp) / "champion"),
+                )
+            )
+    decision = decide_promotion(vs_sft, vs_champion, champion, judge=judge)
+    evidence = vs_sft if champion is None else vs_champion
+    tags = {
+        **decision.as_tags(),
+        "promotion.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "promotion.evidence": json.dumps(evidence, sort_keys=True, default=str),
+    }
+    for key, value in tags.items():
+        mc.set_model_version_tag(ACTOR, version, key, value)
+    if decision.promote:
+        mc.set_registered_model_alias(ACTOR, CHAMPION, version)
+        if champion is not None:
+            mc.set_model_version_tag(ACTOR, champion, "promotion.superseded_by", version)
+    return decision

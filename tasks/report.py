@@ -1,0 +1,96 @@
+"""The evaluation report: one Markdown page with the numbers, the plots and answers side by side."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rlhf.io import write_text
+from tasks.common import path
+
+PLOTS = [
+    ("PPO training curves (reward, KL, gold monitor, length, entropy, clipping)", "plots/ppo_curves.png"),
+    ("Over-optimisation: proxy and gold score against sqrt(KL)", "plots/overoptimization.png"),
+    ("Reward model calibration", "plots/rm_calibration.png"),
+]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")[:160]
+
+
+def _win_table(results: dict) -> list[str]:
+    lines = ["| judge | win-rate | 95% CI | n | wins / ties / losses |", "|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['win_rate']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['n']} "
+            f"| {r['wins']} / {r['ties']} / {r['losses']} |"
+        )
+    return lines
+
+
+def _family_table(results: dict) -> list[str]:
+    judge = "gold" if "gold" in results else next(iter(results))
+    fams = results[judge].get("by_family")
+    if not fams:
+        return []
+    lines = [
+        f"### Per prompt family ({judge} judge)",
+        "",
+        "| family | win-rate | 95% CI | n |",
+        "|---|---|---|---|",
+    ]
+    for fam, r in fams.items():
+        lines.append(f"| {fam} | {r['win_rate']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['n']} |")
+    return [*lines, ""]
+
+
+def write_report(
+    out: Path,
+    metrics: dict,
+    results: dict,
+    side_by_side: list[dict],
+    curve: list[dict],
+    cand: Path,
+    base: Path,
+) -> None:
+    rel = lambda p: os.path.relpath(path(p), out.parent)  # noqa: E731
+    lines = [
+        "# Evaluation report",
+        "",
+        f"Candidate `{os.path.relpath(cand, path('.'))}` against baseline `{os.path.relpath(base, path('.'))}` "
+        "on held-out evaluation prompts, same decoding for both. Win = 1, tie = ½; the 95% CI is a bootstrap "
+        "over prompts.",
+        "",
+        *_win_table(results),
+        "",
+        f"KL of the candidate from the reference: **{metrics['kl']:.2f} nats per response**. "
+        f"Mean response length (tokens): candidate {metrics['length']['candidate']:.1f}, "
+        f"baseline {metrics['length']['baseline']:.1f}.",
+        "",
+        *_family_table(results),
+    ]
+    if curve:
+        lines += [
+            "### Over-optimisation curve",
+            "",
+            "| iteration | KL | sqrt KL | Δ RM score | Δ gold score |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['iteration']} | {r['kl']:.2f} | {r['sqrt_kl']:.2f} | {r['rm_score']:+.3f} "
+            f"| {r.get('gold_score', float('nan')):+.3f} |"
+            for r in curve
+        ]
+        lines.append("")
+    lines += ["## Plots", ""]
+    lines += [f"![{title}]({rel(p)})" for title, p in PLOTS if path(p).exists()]
+    lines += ["", "## Answers side by side", ""]
+    judge = "gold" if "gold" in results else "rm"
+    lines += [f"| prompt | candidate | {judge} | baseline | {judge} |", "|---|---|---|---|---|"]
+    for row in side_by_side[:: max(1, len(side_by_side) // 12)][:12]:
+        lines.append(
+            f"| {_cell(row['prompt'])} | {_cell(row['candidate'])} | {row[f'{judge}_candidate']:.2f} "
+            f"| {_cell(row['baseline'])} | {row[f'{judge}_baseline']:.2f} |"
+        )
+    write_text(out, "\n".join(lines) + "\n")

@@ -1,0 +1,145 @@
+"""Stage `reward_model`: brain surgery on the SFT model and Bradley–Terry training on the preference pairs.
+
+Held-out pairs are split by prompt (no prompt on both sides). Reported: loss, pairwise accuracy, the labeler's
+ceiling on the same held-out pairs (when the pairs came from the world's labeler), Spearman correlation with the
+gold judge on fresh SFT samples, mean margin and a calibration table. The mean and std of the reward model's
+scores on SFT samples are saved with it, so PPO sees normalised rewards (the spec's "reward scaling").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rlhf.checkpoint import load_model, save_model
+from rlhf.data import read_prompts
+from rlhf.generate import SamplingConfig, generate_text
+from rlhf.judges import RewardModelJudge, load_judge
+from rlhf.model import ScalarHeadModel
+from rlhf.reward import RMConfig, encode_pairs, margins, train_reward_model
+from rlhf.stats import calibration_table, pairwise_accuracy, spearman
+from rlhf.tokenizer import ChatTokenizer
+from tasks import tracking
+from tasks.common import build_dataclass, cli, load_params, path, write_metrics
+from tasks.plots import plot_calibration, write_csv
+
+PAIRS = "data/preferences/pairs.parquet"
+
+
+@dataclass(frozen=True)
+class RewardParams(RMConfig):
+    val_frac: float = 0.1
+    """share of prompts whose pairs are held out"""
+    n_samples: int = 256
+    """fresh SFT samples (on PPO prompts) for the normalisation and the Spearman correlation with gold"""
+    sample_temperature: float = 1.0
+    """temperature of those samples (PPO's rollout temperature)"""
+    max_new_tokens: int = 48
+    """longest sampled response"""
+
+
+def split(df: pd.DataFrame, val_frac: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    held = df["prompt"].map(lambda p: zlib.crc32(p.encode()) % 10_000 < val_frac * 10_000)
+    return df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
+
+
+def labeler_ceiling(val: pd.DataFrame) -> float | None:
+    """Mean Bayes accuracy of the labeler that made these pairs; None for pairs of unknown origin."""
+    if not (val["labeler_seed"] >= 0).all() or val["labeler_temperature"].isna().any():
+        return None
+    from rlhf.world.labeler import SimulatedLabeler
+
+    out = []
+    for (t, b, s), grp in val.groupby(["labeler_temperature", "labeler_length_bias", "labeler_seed"]):
+        lab = SimulatedLabeler(float(t), float(b), int(s))
+        out += [
+            lab.pair_ceiling(p, c, r) for p, c, r in zip(grp["prompt"], grp["chosen"], grp["rejected"], strict=True)
+        ]
+    return float(np.mean(out))
+
+
+def calibration(m: torch.Tensor, seed: int) -> list[dict]:
+    """Orient each held-out pair at random (seeded), so P(first wins) is predicted and observed in both ways."""
+    flip = np.random.default_rng(seed).random(len(m)) < 0.5
+    signed = np.where(flip, -m.numpy(), m.numpy())
+    return calibration_table(signed, (~flip).astype(float))
+
+
+def sft_samples(params: dict, cfg: RewardParams, tok: ChatTokenizer) -> tuple[list[str], list[str]]:
+    prompts = read_prompts(path("data/prepared/prompts_ppo.jsonl"))["prompt"].tolist()[: cfg.n_samples]
+    sft = load_model(path("models/sft"), arch="gpt")
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature)
+    return prompts, generate_text(sft, tok, prompts, sampling, seed=cfg.seed + 1)
+
+
+def run(params: dict) -> dict:
+    cfg = build_dataclass(RewardParams, params["reward_model"], "params.yaml:reward_model")
+    rm_cfg = RMConfig(**{f.name: getattr(cfg, f.name) for f in fields(RMConfig)})
+    tok = ChatTokenizer.load(path("models/sft"))
+    sft = load_model(path("models/sft"), arch="gpt")
+    train_df, val_df = split(pd.read_parquet(path(PAIRS)), cfg.val_frac)
+    def enc(d):
+        return encode_pairs(
+            tok,
+            d["prompt"].tolist(),
+            d["chosen"].tolist(),
+            d["rejected"].tolist(),
+            sft.cfg.block_size,
+        )
+    train, val = enc(train_df), enc(val_df)
+    torch.manual_seed(cfg.seed)
+    model = ScalarHeadModel.from_lm(sft)
+    t0 = time.perf_counter()
+    with tracking.stage_run("reward_model", {"reward_model": params["reward_model"]}) as tr:
+        best = train_reward_model(model, train, val, rm_cfg, tok.pad_id, tr.log_metrics)
+        m = margins(model, val, tok.pad_id)
+        prompts, responses = sft_samples(params, cfg, tok)
+        raw = RewardModelJudge(model, tok)(prompts, responses)
+        spec = params.get("judge", {}).get("gold", "none")
+        gold = load_judge(spec)(prompts, responses) if spec != "none" else None
+        metrics = {
+            "loss": best["loss"],
+            "accuracy": pairwise_accuracy(m.numpy()),
+            "ceiling": labeler_ceiling(val_df),
+            "spearman_gold": spearman(raw, gold) if gold is not None else None,
+            "margin": float(m.mean()),
+            "reward_mean": float(np.mean(raw)),
+            "reward_std": float(np.std(raw)) or 1.0,
+            "n_train": len(train),
+            "n_val": len(val),
+            "steps": best["steps"],
+            "seconds": time.perf_counter() - t0,
+        }
+        table = calibration(m, cfg.seed)
+        write_csv(path("plots/rm_calibration.csv"), table)
+        plot_calibration(table, path("plots/rm_calibration.png"))
+        tr.log_metrics({f"rm/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, best["steps"])
+        tr.log_artifact(path("plots/rm_calibration.png"))
+        save_model(
+            path("models/reward_model"),
+            model,
+            path("models/sft/tokenizer.json"),
+            stage="reward_model",
+            reward_mean=metrics["reward_mean"],
+            reward_std=metrics["reward_std"],
+        )
+        write_metrics(
+            "reward_model",
+            {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))},
+        )
+    return metrics
+
+
+def main() -> None:
+    cli(__doc__)
+    print(run(load_params()))
+
+
+if __name__ == "__main__":
+    main()

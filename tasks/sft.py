@@ -1,0 +1,116 @@
+"""Stage `sft`: supervised fine-tuning of the base model on the demonstrations (loss on response tokens only).
+
+Also measures what SFT bought: the mean judge score of the base and the SFT model on the held-out evaluation
+prompts (`gold_score_base`, `gold_score_sft` in metrics/sft.json).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import zlib
+from dataclasses import dataclass, fields
+
+import torch
+
+from rlhf.checkpoint import load_model, save_model
+from rlhf.data import read_demos, read_prompts
+from rlhf.generate import SamplingConfig, generate_text
+from rlhf.io import write_jsonl
+from rlhf.judges import check_scores, load_judge
+from rlhf.lm_data import EpochSampler, sft_example
+from rlhf.lm_train import TrainConfig, train_lm
+from rlhf.tokenizer import ChatTokenizer
+from tasks import tracking
+from tasks.common import build_dataclass, cli, load_params, path, write_metrics
+
+TOKENIZER = "data/tokenizer/tokenizer.json"
+DEMOS = "data/prepared/demos.jsonl"
+EVAL_PROMPTS = "data/prepared/prompts_eval.jsonl"
+
+
+@dataclass(frozen=True)
+class SFTParams(TrainConfig):
+    heldout_frac: float = 0.05
+    """share of demonstrations held out for the validation loss (chosen by a hash of the prompt)"""
+    eval_prompts: int = 200
+    """evaluation prompts on which base and SFT are judged (0: skip)"""
+    eval_temperature: float = 0.7
+    """sampling temperature of that comparison"""
+    max_new_tokens: int = 48
+    """longest sampled response"""
+
+
+def split_examples(tok: ChatTokenizer, df, block_size: int, heldout_frac: float):
+    """Encode demonstrations; a stable hash of the prompt decides the held-out split (same prompt, same side)."""
+    train: tuple[list, list] = ([], [])
+    held: tuple[list, list] = ([], [])
+    for row, (prompt, response) in enumerate(zip(df["prompt"], df["response"], strict=True), start=1):
+        ids = sft_example(tok, prompt, response, block_size, where=f"{DEMOS}, row {row}")
+        n_prompt = len(tok.encode_prompt(prompt))
+        side = held if zlib.crc32(prompt.encode()) % 10_000 < heldout_frac * 10_000 else train
+        side[0].append(ids)
+        side[1].append(n_prompt)
+    if not held[0]:  # tiny datasets: keep at least one held-out example
+        held = ([train[0].pop()], [train[1].pop()])
+    return train, held
+
+
+def judge_models(params: dict, cfg: SFTParams, models: dict, tok: ChatTokenizer) -> dict[str, float]:
+    """Mean judge score of each model's samples on the evaluation prompts; samples saved for reading."""
+    spec = params.get("judge", {}).get("gold", "none")
+    if spec == "none" or cfg.eval_prompts == 0:
+        return {}
+    judge = load_judge(spec)
+    prompts = read_prompts(path(EVAL_PROMPTS))["prompt"].tolist()[: cfg.eval_prompts]
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.eval_temperature)
+    out, rows = {}, [{"prompt": p} for p in prompts]
+    for name, model in models.items():
+        responses = generate_text(model, tok, prompts, sampling, seed=cfg.seed)
+        scores = check_scores(spec, judge(prompts, responses), len(prompts))
+        out[f"gold_score_{name}"] = sum(scores) / len(scores)
+        for r, text, s in zip(rows, responses, scores, strict=True):
+            r[name], r[f"{name}_score"] = text, s
+    write_jsonl(path("reports/sft_samples.jsonl"), rows)
+    return out
+
+
+def run(params: dict) -> dict:
+    raw = {**params["sft"]}
+    cfg = build_dataclass(SFTParams, raw, "params.yaml:sft")
+    train_cfg = TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
+    tok = ChatTokenizer.load(path(TOKENIZER))
+    base = load_model(path("models/base"), arch="gpt")
+    (train_ids, train_np), (held_ids, held_np) = split_examples(
+        tok, read_demos(path(DEMOS)), base.cfg.block_size, cfg.heldout_frac
+    )
+    sampler = EpochSampler(train_ids, train_np, cfg.batch_size, cfg.seed, tok.pad_id)
+    held = EpochSampler(held_ids, held_np, cfg.batch_size, cfg.seed, tok.pad_id).eval_batches()
+    model = load_model(path("models/base"), arch="gpt")
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    with tracking.stage_run("sft", {"sft": params["sft"], "judge": params.get("judge", {})}) as tr:
+        final = train_lm(model, sampler, held, train_cfg, path("state/sft"), tr.log_metrics, name="sft")
+        seconds = time.perf_counter() - t0
+        metrics = {
+            "loss": final["sft/loss"],
+            "val_loss": final.get("sft/val_loss"),
+            "n_train": len(train_ids),
+            "n_heldout": len(held_ids),
+            "seconds": seconds,
+            **judge_models(params, cfg, {"base": base, "sft": model}, tok),
+        }
+        tr.log_metrics({f"sft/{k}": v for k, v in metrics.items() if isinstance(v, float)}, train_cfg.steps)
+        save_model(path("models/sft"), model, path(TOKENIZER), stage="sft", steps=cfg.steps)
+        write_metrics("sft", metrics)
+    shutil.rmtree(path("state/sft"), ignore_errors=True)
+    return metrics
+
+
+def main() -> None:
+    cli(__doc__)
+    print(run(load_params()))
+
+
+if __name__ == "__main__":
+    main()

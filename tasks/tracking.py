@@ -1,0 +1,231 @@
+"""MLflow plumbing of stages and flows: where runs go, one parent run per pipeline, a child run per stage.
+
+Nothing happens at import: the store is chosen when a run starts, so tests and tools can set the environment
+first. The store is `MLFLOW_TRACKING_URI` when set (a server, or another database), else the embedded SQLite
+database `mlflow/mlflow.db` with artifacts under `mlflow/artifacts/`.
+
+Nesting across processes: the pipeline flow opens the parent run and exports its id as RLHF_PARENT_RUN_ID to
+the stage processes (`dvc repro` passes its environment on to the stage commands); a stage finding it opens
+its run as a child of it, and a stage run alone (`dvc repro`, `python -m tasks.x`) is a top-level run.
+RLHF_TRACKING=off turns every Tracker into a no-op, so stages can be unit-tested without a store.
+
+Tracker methods go through `MlflowClient` with an explicit run id rather than MLflow's fluent API, whose one
+"active run" per thread would collide with the runs that registration opens in the flow's process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from tasks.common import ROOT, workdir
+
+PARENT_ENV = "RLHF_PARENT_RUN_ID"
+SWITCH_ENV = "RLHF_TRACKING"
+DEFAULT_EXPERIMENT = "rlhf"
+_MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+_MAX_PARAM_LEN = 6000  # MLflow 3's param value limit on SQL stores
+
+
+def enabled() -> bool:
+    """False when RLHF_TRACKING is off/0/false/no."""
+    return os.environ.get(SWITCH_ENV, "on").strip().lower() not in {"off", "0", "false", "no"}
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, or the embedded SQLite store of the working root (the repo, or RLHF_ROOT)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workdir() / 'mlflow' / 'mlflow.db'}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts beside a SQLite database (`<db dir>/artifacts`); a server chooses its own (None)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.resolve().parent / "artifacts").as_uri()
+    return None
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def setup() -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns its id."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    import mlflow
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    name = experiment_name()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri))
+    except MlflowException as e:
+        # Two processes may create it at once: the loser reads the winner's experiment.
+        if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"ppo": {"lr": 1e-5}} -> {"ppo.lr": "1e-05"}; lists and scalars become strings."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:_MAX_PARAM_LEN]
+    return flat
+
+
+def git_commit(root: Path = ROOT) -> str:
+    """HEAD's sha, or "none" (no commits yet, or not a git checkout)."""
+    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD"], cwd=root, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else "none"
+
+
+def base_tags(stage: str) -> dict[str, str]:
+    return {"rlhf.stage": stage, "rlhf.git_commit": git_commit()}
+
+
+class Tracker:
+    """Logs to one run; with run_id None (tracking off) every method does nothing."""
+
+    def __init__(self, run_id: str | None = None, client: Any = None):
+        self.run_id = run_id
+        self._client = client
+
+    @property
+    def active(self) -> bool:
+        return self.run_id is not None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """The core's `log(metrics, step)` callable: one batch (one DB transaction) per call."""
+        if not self.active:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
+        self._client.log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Nested sections are flattened to dotted keys (`ppo.lr`)."""
+        if not self.active:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            self._client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import RunTag
+
+        self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file, or a directory's contents, under `artifact_path` of the run."""
+        if not self.active:
+            return
+        path = Path(path)
+        if path.is_dir():
+            self._client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        """A JSON/YAML artifact (by the file's extension) written from a dict."""
+        if self.active:
+            self._client.log_dict(self.run_id, obj, artifact_file)
+
+
+NULL_TRACKER = Tracker()
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> Iterator[Tracker]:
+    """The MLflow run of one stage process: a child of RLHF_PARENT_RUN_ID if set, else a top-level run.
+
+    Logs the flattened params and the stage/git tags; the run ends FINISHED, or FAILED if the block raises.
+    """
+    if not enabled():
+        yield NULL_TRACKER
+        return
+    import mlflow
+
+    exp_id = setup()
+    client = mlflow.MlflowClient()
+    parent = os.environ.get(PARENT_ENV) or None
+    if parent is not None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            exp_id = client.get_run(parent).info.experiment_id  # a child lives in its parent's experiment
+        except MlflowException as e:
+            raise RuntimeError(
+                f"{PARENT_ENV}={parent} is not a run of {tracking_uri()}: unset it (a leftover of another "
+                "shell?) or point MLFLOW_TRACKING_URI at the pipeline's store"
+            ) from e
+    run_tags = {**base_tags(stage), **(tags or {})}
+    with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=run_tags) as run:
+        tracker = Tracker(run.info.run_id, client)
+        tracker.log_params(params)
+        yield tracker
+
+
+@contextlib.contextmanager
+def pipeline_run(
+    name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None
+) -> Iterator[Tracker]:
+    """The parent run of one pipeline run; pass `child_env(tracker.run_id)` to the stage processes.
+
+    Created through the client (not the fluent API) so that no thread-local "active run" is left behind.
+    The run ends FINISHED, FAILED if the block raises, KILLED on Ctrl-C.
+    """
+    if not enabled():
+        yield NULL_TRACKER
+        return
+    import mlflow
+
+    exp_id = setup()
+    client = mlflow.MlflowClient()
+    run = client.create_run(
+        exp_id, run_name=name, tags={"mlflow.runName": name, **base_tags("pipeline"), **(tags or {})}
+    )
+    tracker = Tracker(run.info.run_id, client)
+    status = "FAILED"
+    try:
+        tracker.log_params(params or {})
+        yield tracker
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(run.info.run_id, status)
+
+
+def child_env(parent_run_id: str | None, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a stage process nested under run `parent_run_id` (unchanged for None)."""
+    out = dict(os.environ if env is None else env)
+    if parent_run_id is not None:
+        out[PARENT_ENV] = parent_run_id
+        out["MLFLOW_TRACKING_URI"] = tracking_uri()  # the children write where the parent is
+        out["MLFLOW_EXPERIMENT_NAME"] = experiment_name()
+    return out

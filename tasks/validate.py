@@ -1,0 +1,388 @@
+"""Stage gate `validate`: the Great Expectations suites data must pass before SFT and before the reward model.
+
+    python -m tasks.validate {demos|preferences} --input FILE --tokenizer FILE --eval-prompts FILE
+        [--block-size N] [--min-rows N] [--max-prompt-tokens N] [--report-dir DIR] [--params FILE]
+
+Two suites run on an in-memory pandas batch of an ephemeral GX context: `demonstrations` (prompt, response)
+and `preference_pairs` (prompt, chosen, rejected + provenance). Derived columns come first, so that every rule
+is a stock GX expectation whose failure GX itself reports: `n_tokens_prompt`, `n_tokens_<response>` (the
+full chat sequence, prompt + response + EOS, which must fit the model's block_size) and `prompt_in_eval`
+(the normalised prompt is an evaluation prompt: training on it would inflate the win rate).
+
+Writes only `<report-dir>/<kind>.json` and the Data Docs site `<report-dir>/<kind>_docs/` (both atomically).
+Exit status: 0 passed, 1 an expectation failed (summary on stderr), 2 an input could not be read.
+Defaults not given on the command line come from params.yaml: `validate.min_demos`, `validate.min_pairs`,
+`validate.max_prompt_tokens`, `validate.report_dir` and `model.block_size`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import pandas as pd
+from great_expectations.checkpoint import UpdateDataDocsAction
+from great_expectations.core import ExpectationSuiteValidationResult
+from great_expectations.data_context.types.base import ProgressBarsConfig
+
+from rlhf.data import DataError, read_prompts, read_table
+from rlhf.io import atomic_dir, write_json
+from rlhf.tokenizer import ChatTokenizer
+from tasks.common import load_params, params_path, path, section
+
+SUITES = {"demos": "demonstrations", "preferences": "preference_pairs"}
+TEXT = {"demos": ("prompt", "response"), "preferences": ("prompt", "chosen", "rejected")}
+RESPONSES = {"demos": ("response",), "preferences": ("chosen", "rejected")}
+# Provenance columns are optional (a user's file may lack them) but, when present, downstream code relies on
+# their types: prompt_id joins prompts, ranks are compared, seeds seed generators.
+TYPES = {
+    "demos": {"id": "str", "family": "str"},
+    "preferences": {
+        "prompt_id": "str",
+        "chosen_rank": "int",
+        "rejected_rank": "int",
+        "labeler_seed": "int",
+        "labeler_temperature": "float",
+        "labeler_length_bias": "float",
+        "sft_hash": "str",
+        "source": "str",
+    },
+}
+MIN_RESPONSE_ROOM = 8  # default prompt bound: leave at least this many tokens of block_size for the answer
+N_SAMPLES = 5  # offending rows shown per failed expectation
+COMPLETE = {"result_format": "COMPLETE"}  # gives unexpected_index_list: which rows broke the rule
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named expectation; skipped (and listed as such) when a column it needs is absent."""
+
+    name: str
+    needs: tuple[str, ...]
+    expectation: gxe.Expectation
+    show: tuple[str, ...] = ()  # extra columns worth printing beside an offending row
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    """our stable name of the check, e.g. `fits_block:response`"""
+    expectation: str
+    """the GX expectation type, e.g. `expect_column_values_to_be_between`"""
+    success: bool
+    unexpected_count: int | None
+    observed_value: Any
+    expected: dict[str, Any]
+    """the expectation's arguments (bounds, value sets, columns)"""
+    samples: list[dict[str, Any]]
+    """up to N_SAMPLES offending rows, located by `line` (JSONL/CSV, 1-based) or `row` (Parquet/in-memory)"""
+    error: str | None = None
+    """the exception GX caught while evaluating, if any"""
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    kind: str
+    suite: str
+    source: str | None
+    n_rows: int
+    success: bool
+    outcomes: list[Outcome]
+    skipped: list[str] = field(default_factory=list)
+    """checks not evaluated because a column they need is absent (a required one fails `column_exists:*`)"""
+    docs: str | None = None
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.success]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        head = f"validate {self.kind} ({self.suite}, {self.n_rows} rows, {self.source or 'in memory'})"
+        if self.success:
+            return f"{head}: passed {len(self.outcomes)} expectations"
+        lines = [f"{head}: FAILED {len(self.failed)} of {len(self.outcomes)} expectations"]
+        for o in self.failed:
+            what = f"observed {o.observed_value}" if o.observed_value is not None else "not met"
+            what = f"{o.unexpected_count} offending row(s)" if o.unexpected_count else what
+            lines.append(f"  FAIL {o.name} [{o.expectation}]: {o.error or what}; expected {o.expected}")
+            lines += [f"      {json.dumps(s, ensure_ascii=False, default=str)}" for s in o.samples]
+        return "\n".join(lines)
+
+
+class ValidationFailed(Exception):
+    """The data broke at least one expectation; `.report` says which and where."""
+
+    def __init__(self, report: ValidationReport):
+        super().__init__(report.summary())
+        self.report = report
+
+
+def _check(name: str, needs: Sequence[str], cls: type[gxe.Expectation], show: Sequence[str] = (), **kw) -> Check:
+    # The name travels in the expectation's meta, so each GX result maps back to its check whatever the order.
+    return Check(name, tuple(needs), cls(meta={"check": name}, **kw), tuple(show))
+
+
+def checks(kind: str, block_size: int, min_rows: int, max_prompt_tokens: int) -> list[Check]:
+    """The suite of `kind` as named checks (all of them; `validate` skips those whose columns are absent)."""
+    text, responses = TEXT[kind], RESPONSES[kind]
+    between = gxe.ExpectColumnValuesToBeBetween
+    out = [_check("min_rows", (), gxe.ExpectTableRowCountToBeBetween, min_value=min_rows)]
+    for col in text:
+        out += [
+            _check(f"column_exists:{col}", (), gxe.ExpectColumnToExist, column=col),
+            _check(f"not_null:{col}", [col], gxe.ExpectColumnValuesToNotBeNull, column=col),
+            _check(f"type:{col}", [col], gxe.ExpectColumnValuesToBeOfType, column=col, type_="str"),
+            _check(f"not_blank:{col}", [col], gxe.ExpectColumnValuesToNotMatchRegex, column=col, regex=r"^\s*$"),
+        ]
+    n = "n_tokens_prompt"
+    out.append(_check("prompt_tokens", [n], between, ["prompt"], column=n, max_value=max_prompt_tokens))
+    for col in responses:
+        n = f"n_tokens_{col}"
+        out.append(_check(f"fits_block:{col}", [n], between, ["prompt", col], column=n, max_value=block_size))
+    out += [
+        _check("no_duplicate_rows", text, gxe.ExpectCompoundColumnsToBeUnique, column_list=list(text)),
+        _check(
+            "no_eval_prompt", ["prompt_in_eval"], gxe.ExpectColumnValuesToBeInSet, ["prompt"],
+            column="prompt_in_eval", value_set=[False],
+        ),
+    ]  # fmt: skip
+    if kind == "preferences":
+        pair, ranks = ["chosen", "rejected"], ["chosen_rank", "rejected_rank"]
+        out += [
+            _check("chosen_differs_from_rejected", pair, gxe.ExpectSelectColumnValuesToBeUniqueWithinRecord,
+                   column_list=pair),
+            # rank 0 is the best response of its prompt, so the chosen one must have the smaller rank
+            _check("chosen_rank_better", ranks, gxe.ExpectColumnPairValuesAToBeGreaterThanB,
+                   column_A="rejected_rank", column_B="chosen_rank"),
+            _check("labeler_temperature_positive", ["labeler_temperature"], between,
+                   column="labeler_temperature", min_value=0, strict_min=True),
+        ]  # fmt: skip
+    for col, type_ in TYPES[kind].items():
+        out.append(_check(f"type:{col}", [col], gxe.ExpectColumnValuesToBeOfType, column=col, type_=type_))
+    return out
+
+
+def _normalise(prompt: str) -> str:
+    # Case and spacing do not make a prompt new: "What is 2+2?" and "what is  2+2? " leak the same eval item.
+    return " ".join(prompt.split()).casefold()
+
+
+def derived_columns(df: pd.DataFrame, kind: str, tokenizer: ChatTokenizer, eval_prompts: set[str]) -> pd.DataFrame:
+    """A copy of df with positional index plus n_tokens_* and prompt_in_eval (where their inputs exist)."""
+    out = df.reset_index(drop=True)  # GX reports positions; they map back to df.index (file lines)
+    if "prompt" not in out.columns:
+        return out
+    prompts = out["prompt"].tolist()
+    n_prompt = [len(tokenizer.encode_prompt(p)) if isinstance(p, str) else None for p in prompts]
+    out["n_tokens_prompt"] = pd.array(n_prompt, dtype="Int64")  # nulls stay null: not_null reports them
+    for col in RESPONSES[kind]:
+        if col in out.columns:
+            n = [
+                n_p + len(tokenizer.encode_response(r)) if n_p is not None and isinstance(r, str) else None
+                for n_p, r in zip(n_prompt, out[col].tolist(), strict=True)
+            ]
+            out[f"n_tokens_{col}"] = pd.array(n, dtype="Int64")
+    held_out = {_normalise(p) for p in eval_prompts}
+    out["prompt_in_eval"] = [isinstance(p, str) and _normalise(p) in held_out for p in prompts]
+    return out
+
+
+def _context() -> Any:
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    # The ephemeral context's default site would write HTML into a fresh directory under /tmp on every build.
+    ctx.delete_data_docs_site("local_site")
+    return ctx
+
+
+def _run_suite(
+    suite_name: str, expectations: list[gxe.Expectation], frame: pd.DataFrame, docs: Path | None
+) -> ExpectationSuiteValidationResult:
+    """Run one suite on the frame through a Checkpoint (which can build Data Docs) -> the suite's result."""
+    ctx = _context()
+    batch = ctx.data_sources.add_pandas("memory").add_dataframe_asset(suite_name)
+    batch_def = batch.add_batch_definition_whole_dataframe("all")
+    suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
+    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch_def, suite=suite))
+    actions = []
+    if docs is not None:
+        backend = {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs.resolve())}
+        ctx.add_data_docs_site("docs", {"class_name": "SiteBuilder", "store_backend": backend})
+        actions = [UpdateDataDocsAction(name="data_docs", site_names=["docs"])]
+    cp = gx.Checkpoint(name=suite_name, validation_definitions=[vd], actions=actions, result_format=COMPLETE)
+    result = ctx.checkpoints.add(cp).run(batch_parameters={"dataframe": frame})
+    (suite_result,) = result.run_results.values()
+    return suite_result
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= 120 else value[:117] + "..."
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def _outcome(check: Check, res: dict[str, Any], frame: pd.DataFrame, index: pd.Index) -> Outcome:
+    result, exc = res.get("result", {}), res.get("exception_info", {})
+    positions = result.get("unexpected_index_list") or []
+    key = index.name or "row"
+    cols = [c for c in dict.fromkeys((*check.show, *check.needs)) if c in frame.columns]
+    samples = [
+        {key: _jsonable(index[pos]), **{c: _jsonable(frame.at[pos, c]) for c in cols}} for pos in positions[:N_SAMPLES]
+    ]
+    return Outcome(
+        name=check.name,
+        expectation=res["expectation_config"]["type"],
+        success=bool(res["success"]),
+        unexpected_count=result.get("unexpected_count"),
+        observed_value=_jsonable(result.get("observed_value")),
+        expected={k: v for k, v in res["expectation_config"]["kwargs"].items() if k != "batch_id"},
+        samples=samples,
+        error=exc.get("exception_message") if exc.get("raised_exception") else None,
+    )
+
+
+def validate(
+    kind: str,
+    df: pd.DataFrame,
+    tokenizer: ChatTokenizer,
+    block_size: int,
+    eval_prompts: set[str],
+    report_dir: Path,
+    min_rows: int,
+    *,
+    max_prompt_tokens: int | None = None,
+    data_docs: bool = True,
+    source: str | None = None,
+) -> ValidationReport:
+    """Run the `kind` suite ("demos" or "preferences") on df; write report_dir/<kind>.json (+ Data Docs).
+
+    df's index locates rows in their file (rlhf.data readers index by line); offending rows are named by it.
+    max_prompt_tokens defaults to block_size - MIN_RESPONSE_ROOM.
+    """
+    if kind not in SUITES:
+        raise ValueError(f"unknown kind {kind!r}; use one of {sorted(SUITES)}")
+    frame = derived_columns(df, kind, tokenizer, eval_prompts)
+    max_prompt = block_size - MIN_RESPONSE_ROOM if max_prompt_tokens is None else max_prompt_tokens
+    all_checks = checks(kind, block_size, min_rows, max_prompt)
+    active = [c for c in all_checks if all(col in frame.columns for col in c.needs)]
+    by_name = {c.name: c for c in active}
+    report_dir = Path(report_dir)
+    docs_dir = report_dir / f"{kind}_docs"
+    if data_docs:
+        with atomic_dir(docs_dir) as tmp:
+            result = _run_suite(SUITES[kind], [c.expectation for c in active], frame, tmp)
+    else:
+        result = _run_suite(SUITES[kind], [c.expectation for c in active], frame, None)
+    outcomes = []
+    for res in result.to_json_dict()["results"]:
+        outcomes.append(_outcome(by_name[res["expectation_config"]["meta"]["check"]], res, frame, df.index))
+    order = {name: i for i, name in enumerate(by_name)}
+    outcomes.sort(key=lambda o: order[o.name])  # suite order, not GX's (which groups by metric)
+    report = ValidationReport(
+        kind=kind,
+        suite=SUITES[kind],
+        source=source,
+        n_rows=len(df),
+        success=bool(result.success),
+        outcomes=outcomes,
+        skipped=[c.name for c in all_checks if c.name not in by_name],
+        docs=str(docs_dir / "index.html") if data_docs else None,
+    )
+    write_json(report_dir / f"{kind}.json", report.to_dict())
+    return report
+
+
+def run(
+    kind: str,
+    input_file: str | Path,
+    tokenizer: str | Path,
+    eval_prompts: str | Path,
+    *,
+    block_size: int = 128,
+    min_rows: int = 1,
+    max_prompt_tokens: int | None = None,
+    report_dir: str | Path = "reports/validation",
+    data_docs: bool = True,
+) -> ValidationReport:
+    """Read the files and validate; raise ValidationFailed (carrying the report) if any expectation failed."""
+    df = read_table(input_file)
+    held_out = set(read_prompts(eval_prompts)["prompt"])
+    report = validate(
+        kind, df, ChatTokenizer.load(tokenizer), block_size, held_out, Path(report_dir), min_rows,
+        max_prompt_tokens=max_prompt_tokens, data_docs=data_docs, source=str(input_file),
+    )  # fmt: skip
+    if not report.success:
+        raise ValidationFailed(report)
+    return report
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    min_demos: int = 1
+    """fewest demonstrations SFT may start from"""
+    min_pairs: int = 1
+    """fewest preference pairs the reward model may start from"""
+    max_prompt_tokens: int | None = None
+    """longest prompt in tokens, chat markers included (None: block_size - 8)"""
+    report_dir: str = "reports/validation"
+    """where <kind>.json and <kind>_docs/ go"""
+
+
+def _defaults(kind: str, params_file: Path | None) -> dict[str, Any]:
+    """What params.yaml says for the options the command line leaves out (built-in defaults without it)."""
+    if params_file is not None and not params_file.exists():
+        raise FileNotFoundError(f"{params_file}: no such params file")
+    params_file = params_file or params_path()
+    params = load_params(params_file) if params_file.exists() else {}
+    cfg = section(params, "validate", ValidateParams) if "validate" in params else ValidateParams()
+    return {
+        "block_size": params.get("model", {}).get("block_size", 128),
+        "min_rows": cfg.min_demos if kind == "demos" else cfg.min_pairs,
+        "max_prompt_tokens": cfg.max_prompt_tokens,
+        "report_dir": path(cfg.report_dir),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=sorted(SUITES))
+    for flag in ("--input", "--tokenizer", "--eval-prompts"):
+        parser.add_argument(flag, type=Path, required=True)
+    for flag in ("--block-size", "--min-rows", "--max-prompt-tokens"):
+        parser.add_argument(flag, type=int, default=None)
+    parser.add_argument("--report-dir", type=Path, default=None)
+    parser.add_argument("--params", type=Path, default=None, help="params file (default: params.yaml)")
+    parser.add_argument("--no-data-docs", action="store_true", help="write the JSON report only")
+    args = parser.parse_args(argv)
+    docs = not args.no_data_docs
+    try:
+        opts = _defaults(args.kind, args.params)
+        opts.update({k: v for k in opts if (v := getattr(args, k)) is not None})
+        report = run(args.kind, args.input, args.tokenizer, args.eval_prompts, data_docs=docs, **opts)
+    except (DataError, FileNotFoundError) as e:
+        print(f"validate {args.kind}: cannot read an input: {e}", file=sys.stderr)
+        return 2
+    except ValidationFailed as e:
+        print(e.report.summary(), file=sys.stderr)
+        print(f"report: {Path(opts['report_dir']) / f'{args.kind}.json'}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""dvc.yaml checked against the code and params.yaml; the helpers of the fresh-clone test.
+
+`fresh_clone` builds what a clone of the repository holds: the sources, dvc.yaml, params.yaml shrunk to toy
+sizes by TINY, the DVC config and the data placeholders, committed once, then cloned. The test reproducing
+the real pipeline in it (`dvc repro` twice, push/pull, metrics, plots, and the pipeline flow on the same clone,
+so the tiny pipeline is paid once) is tests/test_flows.py::test_fresh_clone_dvc_and_flow_agree.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+# What a clone holds (placeholders keep the data folders that stages depend on).
+SOURCES = [
+    *("rlhf", "tasks", "flows", "dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore", ".dvcignore"),
+    *(".dvc/config", ".dvc/.gitignore", "data/user", "data/feedback/.gitkeep", "data/incoming/.gitkeep"),
+]
+# Toy sizes for every section (keys absent from params.yaml are left alone): the whole pipeline in about a minute.
+TINY: dict[str, dict[str, Any]] = {
+    "world": {"corpus_chars": 30000, "n_demos": 200, "n_pref_prompts": 40, "n_ppo_prompts": 32, "n_eval_prompts": 16},
+    "tokenizer": {"vocab_size": 400},
+    "model": {"n_layer": 1, "n_head": 2, "n_embd": 32},
+    "pretrain": {"steps": 60, "batch_size": 8, "warmup_steps": 2, "eval_every": 30, "checkpoint_every": 0},
+    "sft": {
+        "steps": 60,
+        "batch_size": 8,
+        "warmup_steps": 2,
+        "eval_every": 30,
+        "checkpoint_every": 0,
+        "eval_prompts": 8,
+        "max_new_tokens": 16,
+    },
+    "validate": {"min_demos": 10, "min_pairs": 10},
+    "preferences": {"k": 2, "max_new_tokens": 16},
+    "reward_model": {"epochs": 1, "batch_size": 8, "warmup_steps": 2, "eval_every": 5, "n_samples": 8},
+    "ppo": {
+        "iterations": 2,
+        "batch_size": 8,
+        "mini_batches": 2,
+        "ppo_epochs": 1,
+        "max_new_tokens": 16,
+        "checkpoint_every": 1,
+        "snapshot_every": 1,
+        "probe_prompts": 8,
+    },
+    "evaluate": {"n_prompts": 8, "n_samples": 1, "max_new_tokens": 16, "n_boot": 100, "curve_prompts": 4},
+}
+STAGE_FILES = sorted({d for s in DVC_YAML.values() for d in s["deps"] if d.startswith("tasks/")})
+needs_stages = pytest.mark.skipif(
+    not all((ROOT / f).exists() for f in STAGE_FILES),
+    reason=f"needs every stage of dvc.yaml: {[f for f in STAGE_FILES if not (ROOT / f).exists()]} missing",
+)
+
+
+def lookup(params: dict[str, Any], dotted: str) -> bool:
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def test_dvc_stages_are_the_flow_stages_in_order() -> None:
+    from flows.pipeline import STAGES
+
+    assert tuple(DVC_YAML) == STAGES
+    produced: set[str] = set()
+    for name, stage in DVC_YAML.items():  # every data dep is made by an earlier stage or kept in git
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
+        for dep in stage["deps"]:
+            made = any(dep == o or dep.startswith(f"{o}/") or o.startswith(f"{dep}/") for o in produced)
+            assert made or (ROOT / dep).exists(), f"{name}: dep {dep} is neither an earlier output nor in the repo"
+        produced.update(outs)
+
+
+def test_every_param_a_stage_lists_is_in_params_yaml() -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    missing = [(name, key) for name, s in DVC_YAML.items() for key in s.get("params", []) if not lookup(params, key)]
+    assert not missing, f"dvc.yaml lists params that params.yaml lacks: {missing}"
+
+
+def test_tiny_params_name_existing_keys() -> None:
+    """TINY must track params.yaml: a renamed key would silently stop shrinking."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stale = [f"{sec}.{k}" for sec, kv in TINY.items() for k in kv if not lookup(params, f"{sec}.{k}")]
+    assert not stale, f"TINY names keys params.yaml does not have: {stale}"
+
+
+def test_dvc_reads_the_pipeline(tmp_path: Path) -> None:
+    # In a scratch repository: a `dvc repro` running in the checkout holds its lock.
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    run_dvc(tmp_path, "init", "--no-scm", "-q")
+    out = run_dvc(tmp_path, "dag", "--dot")
+    assert '"ppo" -> "evaluate"' in out and '"validate_preferences" -> "reward_model"' in out
+
+
+# --- the real pipeline in a fresh clone -------------------------------------------------------------------
+
+
+def dvc_env(**extra: str) -> dict[str, str]:
+    """The venv first on PATH (DVC runs stage commands with the first `python`), no analytics."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)  # the clone's own code, not the checkout's
+    return {**env, "DVC_NO_ANALYTICS": "1", **extra}
+
+
+def run_dvc(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args],
+        cwd=root,
+        env=env or dvc_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def ran_stages(dvc_output: str) -> list[str]:
+    return [line.split("'")[1] for line in dvc_output.splitlines() if line.startswith("Running stage")]
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=root, check=True, capture_output=True
+    )
+
+
+def fresh_clone(tmp: Path) -> Path:
+    """A committed copy of the repository's sources with TINY params, cloned to tmp/clone."""
+    src = tmp / "origin"
+    for rel in SOURCES:
+        if (ROOT / rel).is_dir():
+            shutil.copytree(ROOT / rel, src / rel, ignore=shutil.ignore_patterns("__pycache__"))
+        elif (ROOT / rel).exists():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, src / rel)
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update({k: v for k, v in values.items() if k in params.get(section, {})})
+    (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(src, "init", "-q")
+    git(src, "add", "-A")
+    git(src, "commit", "-qm", "sources")
+    git(tmp, "clone", "-q", str(src), "clone")
+    return tmp / "clone"

@@ -1,0 +1,79 @@
+"""Every stage's real entry point, in order, on tiny params in a temporary working root."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+FIXTURE = Path(__file__).parent / "fixtures" / "params_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    shutil.copy(FIXTURE, root / "params.yaml")
+    for d in ("data/user", "data/feedback"):
+        (root / d).mkdir(parents=True)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RLHF_ROOT", str(root))
+    mp.setenv("RLHF_PARAMS", str(root / "params.yaml"))
+    mp.setenv("RLHF_TRACKING", "off")
+    yield root
+    mp.undo()
+
+
+def _params():
+    from tasks.common import load_params
+
+    return load_params()
+
+
+def test_stages_run_in_order(root):
+    from tasks import evaluate, ppo, preferences, prepare, pretrain, reward_model, sft, tokenizer, validate, world
+    from tasks.common import section
+
+    params = _params()
+    world.run(section(params, "world", world.WorldConfig))
+    prepare.run(section(params, "data", prepare.DataParams))
+    tokenizer.run(section(params, "tokenizer", tokenizer.TokenizerParams))
+    validate.run("demos", root / "data/prepared/demos.jsonl", root / "data/tokenizer/tokenizer.json",
+                 root / "data/prepared/prompts_eval.jsonl", block_size=160, min_rows=10,
+                 report_dir=root / "reports/validation", data_docs=False)
+    pretrain.run(params)
+    m_sft = sft.run(params)
+    assert {"gold_score_base", "gold_score_sft", "val_loss"} <= set(m_sft)
+    m_pref = preferences.run(params)
+    pairs = pd.read_parquet(root / "data/preferences/pairs.parquet")
+    assert len(pairs) == m_pref["n_pairs"] > 0
+    assert (pairs["chosen"] != pairs["rejected"]).all()
+    m_rm = reward_model.run(params)
+    assert {"accuracy", "ceiling", "spearman_gold"} <= set(m_rm)
+    m_ppo = ppo.run(params)
+    assert {"kl", "rm_score", "gold_score", "sft_rm_score", "sft_gold_score"} <= set(m_ppo)
+    assert sorted(p.name for p in (root / "models/ppo/snapshots").iterdir()) == ["iter_0000", "iter_0001", "iter_0002"]
+    evaluate.run(params)
+    ev = json.loads((root / "metrics/eval.json").read_text())
+    for judge in ("gold", "rm"):
+        assert set(ev[judge]) == {"win_rate", "ci_low", "ci_high", "n"}
+        assert 0.0 <= ev[judge]["ci_low"] <= ev[judge]["win_rate"] <= ev[judge]["ci_high"] <= 1.0
+    assert set(ev["length"]) == {"candidate", "baseline"}
+    assert (root / "reports/eval/report.md").read_text().startswith("# Evaluation report")
+    for plot in ("ppo_curves.png", "overoptimization.png", "rm_calibration.png", "ppo_curves.csv"):
+        assert (root / "plots" / plot).stat().st_size > 0
+
+
+def test_bad_demos_row_is_named_and_nothing_is_overwritten(root):
+    from rlhf.data import DataError
+    from tasks import prepare
+    from tasks.common import section
+
+    before = {p: p.read_bytes() for p in (root / "data/prepared").iterdir()}
+    bad = root / "data/user/demos.jsonl"
+    bad.write_text('{"prompt": "hi", "response": "hello"}\n{"prompt": "x", "response": \n')
+    params = _params()
+    params["data"]["demos"] = "data/user/demos.jsonl"
+    with pytest.raises(DataError, match=r"demos.jsonl: line 2"):
+        prepare.run(section(params, "data", prepare.DataParams))
+    assert {p: p.read_bytes() for p in (root / "data/prepared").iterdir()} == before

@@ -1,0 +1,128 @@
+"""The PPO loop: ratio 1 at the first minibatch, resume equivalence, the NaN halt, and that it learns."""
+
+import copy
+
+import pytest
+import torch
+
+from rlhf.model import GPT, GPTConfig, ScalarHeadModel
+from rlhf.ppo_run import train_ppo
+from rlhf.ppo_trainer import PPOConfig, make_state, ppo_iteration
+from rlhf.tokenizer import train_tokenizer
+
+WORDS = ["yes", "no", "cat", "dog", "red", "blue", "one", "two"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer([" ".join(WORDS)] * 10 + [f"say {w}" for w in WORDS], vocab_size=300)
+
+
+@pytest.fixture
+def models(tok):
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32)
+    actor = GPT(cfg)
+    return actor, ScalarHeadModel.from_lm(actor, head_std=0.0), copy.deepcopy(actor).eval()
+
+
+def _score_fn(tok):
+    target = tok.encode("yes")[0]
+
+    def score(ro):  # a toy reward: how often the response says "yes"
+        return ((ro.responses == target).float() * ro.mask).sum(1)
+
+    return score
+
+
+PROMPTS = [f"say {w}" for w in WORDS] * 2
+CFG = PPOConfig(
+    iterations=6,
+    batch_size=8,
+    mini_batches=2,
+    ppo_epochs=2,
+    lr=3e-3,
+    critic_lr=3e-3,
+    max_new_tokens=8,
+    kl_coef=0.01,
+    seed=1,
+)
+
+
+def test_first_minibatch_ratio_is_one(tok, models):
+    actor, critic, ref = models
+    state = make_state(actor, critic, CFG)
+    _, stats = ppo_iteration(state, ref, _score_fn(tok), tok, PROMPTS, CFG)
+    assert stats["ppo/policy/first_approxkl"] < 1e-10
+    # the actor started equal to the reference: the KL of the first batch is zero
+    assert abs(stats["objective/kl"]) < 1e-5
+
+
+def _train(tok, cfg, tmp_path, name, stop_at=None):
+    torch.manual_seed(0)
+    gcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32)
+    actor = GPT(gcfg)
+    critic, ref = ScalarHeadModel.from_lm(actor, head_std=0.0), copy.deepcopy(actor).eval()
+    state = make_state(actor, critic, cfg)
+    hist = train_ppo(
+        state,
+        ref,
+        _score_fn(tok),
+        tok,
+        PROMPTS,
+        cfg,
+        lambda m, s: None,
+        tmp_path / name,
+        checkpoint_every=2,
+        stop_at=stop_at,
+    )
+    return state, hist
+
+
+def test_resume_gives_the_same_metrics(tok, tmp_path):
+    _, straight = _train(tok, CFG, tmp_path, "a")
+    _train(tok, CFG, tmp_path, "b", stop_at=3)
+    _state, resumed = _train(tok, CFG, tmp_path, "b")
+    assert len(resumed) == len(straight) == CFG.iterations
+    for a, b in zip(straight, resumed, strict=True):
+        for key in ("objective/rm_score", "objective/kl", "ppo/policy/pg_loss", "ppo/val/vf_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+
+
+def test_nan_halts_before_checkpoint(tok, models, tmp_path):
+    actor, critic, ref = models
+    state = make_state(actor, critic, CFG)
+    ckpt = tmp_path / "ckpt"
+    train_ppo(state, ref, _score_fn(tok), tok, PROMPTS, CFG, lambda m, s: None, ckpt, checkpoint_every=2, stop_at=2)
+    before = {p.name: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()}
+
+    def nan_score(ro):
+        return torch.full((ro.responses.shape[0],), float("nan"))
+
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        train_ppo(state, ref, nan_score, tok, PROMPTS, CFG, lambda m, s: None, ckpt, checkpoint_every=1)
+    after = {p.name: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_ppo_raises_a_toy_reward(tok, models, tmp_path):
+    cfg = PPOConfig(
+        iterations=25,
+        batch_size=16,
+        mini_batches=2,
+        ppo_epochs=4,
+        lr=1e-2,
+        critic_lr=1e-2,
+        max_new_tokens=6,
+        kl_coef=0.0,
+        ent_coef=0.0,
+        seed=0,
+    )
+    actor, critic, ref = models
+    state = make_state(actor, critic, cfg)
+    hist = train_ppo(
+        state, ref, _score_fn(tok), tok, PROMPTS, cfg, lambda m, s: None, tmp_path / "c", checkpoint_every=0
+    )
+    first = sum(h["objective/rm_score"] for h in hist[:3]) / 3
+    last = sum(h["objective/rm_score"] for h in hist[-3:]) / 3
+    assert last > first + 1.0

@@ -1,0 +1,109 @@
+"""tasks.tracking against a real (temporary) MLflow SQLite store: nesting, params, metrics, off."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks import tracking
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite store for the module: creating its schema costs ~2 s."""
+    return tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+
+
+@pytest.fixture
+def env(store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
+    monkeypatch.delenv(tracking.SWITCH_ENV, raising=False)
+    return store
+
+
+def test_flatten_nested_sections() -> None:
+    flat = tracking.flatten({"ppo": {"lr": 1e-5, "kl": {"target": 6}}, "seed": 0, "layers": [1, 2]})
+    assert flat == {"ppo.lr": "1e-05", "ppo.kl.target": "6", "seed": "0", "layers": "[1, 2]"}
+
+
+def test_default_store_lives_in_the_project(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RLHF_ROOT", raising=False)
+    uri = tracking.tracking_uri()
+    assert uri == f"sqlite:///{tracking.ROOT / 'mlflow' / 'mlflow.db'}"
+    assert tracking.artifact_location(uri) == (tracking.ROOT / "mlflow" / "artifacts").as_uri()
+    monkeypatch.setenv("RLHF_ROOT", "/elsewhere")  # a working root elsewhere keeps its own store
+    assert tracking.tracking_uri() == "sqlite:////elsewhere/mlflow/mlflow.db"
+    assert tracking.artifact_location("http://mlflow.example:5000") is None  # a server decides
+
+
+def test_tracking_off_is_a_noop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'never.db'}")
+    monkeypatch.setenv(tracking.SWITCH_ENV, "off")
+    with tracking.stage_run("sft", {"sft": {"lr": 1}}) as tr:
+        assert not tr.active
+        tr.log_metrics({"sft/loss": 1.0}, step=0)
+        tr.log_artifact(tmp_path)
+        tr.log_dict({"a": 1}, "a.json")
+        tr.set_tags({"a": "b"})
+    with tracking.pipeline_run("pipeline") as parent:
+        assert tracking.child_env(parent.run_id, {}) == {}
+    assert not (tmp_path / "never.db").exists()
+
+
+@pytest.mark.slow
+def test_stage_runs_nest_under_the_pipeline_run(env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"ok": True}))
+    with tracking.pipeline_run("pipeline", {"run": {"stages": 2}}) as parent:
+        # What the flow hands to a stage process; applied here in-process.
+        for key, value in tracking.child_env(parent.run_id, {}).items():
+            monkeypatch.setenv(key, value)
+        with tracking.stage_run("ppo", {"ppo": {"lr": 1e-5, "kl": {"target": 6}}}) as child:
+            for step in range(3):
+                child.log_metrics({"ppo/loss": 1.0 / (step + 1), "objective/kl": 0.1 * step}, step)
+            child.log_artifact(report, "eval")
+            child.log_dict({"win_rate": 0.6}, "eval/metrics.json")
+    monkeypatch.delenv(tracking.PARENT_ENV)
+    with tracking.stage_run("world", {"world": {"seed": 1}}) as alone:
+        pass
+
+    client = mlflow.MlflowClient()
+    p, c, a = (client.get_run(r.run_id) for r in (parent, child, alone))
+    assert c.data.tags["mlflow.parentRunId"] == p.info.run_id
+    assert "mlflow.parentRunId" not in a.data.tags  # a stage run alone is a top-level run
+    assert c.data.tags["rlhf.stage"] == "ppo" and "rlhf.git_commit" in c.data.tags
+    assert c.data.params == {"ppo.lr": "1e-05", "ppo.kl.target": "6"}
+    assert p.data.params == {"run.stages": "2"}
+    history = client.get_metric_history(c.info.run_id, "ppo/loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
+    assert {p.info.status, c.info.status, a.info.status} == {"FINISHED"}
+    assert {f.path for f in client.list_artifacts(c.info.run_id, "eval")} == {
+        "eval/report.json",
+        "eval/metrics.json",
+    }
+    # Artifacts land beside the SQLite database, not in ./mlruns of the working directory.
+    assert c.info.artifact_uri.startswith((env.parent / "artifacts").as_uri())
+
+
+@pytest.mark.slow
+def test_a_failing_stage_ends_its_run_failed(env: Path) -> None:
+    import mlflow
+
+    with pytest.raises(RuntimeError, match="diverged"), tracking.stage_run("sft", {}) as tr:
+        raise RuntimeError("diverged")
+    assert mlflow.MlflowClient().get_run(tr.run_id).info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_a_stale_parent_run_id_is_an_actionable_error(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(tracking.PARENT_ENV, "0" * 32)
+    with pytest.raises(RuntimeError, match="unset it"), tracking.stage_run("sft", {}):
+        pass

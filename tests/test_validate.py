@@ -1,0 +1,228 @@
+"""tasks.validate: clean data passes; each corruption trips only its check; the CLI writes only its report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rlhf.tokenizer import ChatTokenizer, train_tokenizer
+from tasks.validate import ValidationFailed, checks, main, run, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK, MAX_PROMPT, MIN_ROWS = 64, 24, 3
+EVAL = {"What is the capital of Peru?", "Name a prime number."}
+PROMPTS = ["Say hello to Ada.", "What is two plus two?", "Name a colour.", "Give me a fruit."]
+RESPONSES = ["Hello, Ada!", "Four.", "Blue.", "An apple."]
+OTHER = ["Hi.", "Five.", "Red, I think.", "A stone."]
+
+
+@pytest.fixture(scope="module")
+def tok() -> ChatTokenizer:
+    return train_tokenizer([*PROMPTS, *RESPONSES, *OTHER, *EVAL] * 3, vocab_size=300)
+
+
+def demos() -> pd.DataFrame:
+    df = pd.DataFrame({"prompt": PROMPTS, "response": RESPONSES, "id": list("abcd"), "family": ["chat"] * 4})
+    return df.set_axis(pd.RangeIndex(1, 5, name="line"))  # as read from a JSONL file: index = line number
+
+
+def pairs() -> pd.DataFrame:
+    df = pd.DataFrame({"prompt": PROMPTS, "chosen": RESPONSES, "rejected": OTHER})
+    df["prompt_id"] = ["p1", "p2", "p3", "p4"]
+    df["chosen_rank"], df["rejected_rank"], df["labeler_seed"] = [0, 0, 1, 0], [1, 2, 3, 1], 7
+    df["labeler_temperature"], df["labeler_length_bias"] = 0.5, 0.02
+    df["sft_hash"], df["source"] = "abc123", "world"
+    return df.set_axis(pd.RangeIndex(1, 5, name="line"))
+
+
+def set_cell(col: str, value: object) -> Callable[[pd.DataFrame, ChatTokenizer], pd.DataFrame]:
+    """Corrupt line 2 of `col` (as object dtype: pandas 3's str columns refuse non-strings)."""
+
+    def corrupt(df: pd.DataFrame, tok: ChatTokenizer) -> pd.DataFrame:
+        df[col] = df[col].astype(object)
+        df.loc[2, col] = value(tok) if callable(value) else value
+        return df
+
+    return corrupt
+
+
+def text_of(n_tokens: int) -> Callable[[ChatTokenizer], str]:
+    """A text of at least n_tokens tokens (and not many more)."""
+
+    def make(tok: ChatTokenizer) -> str:
+        words = []
+        while len(tok.encode(" ".join(words))) < n_tokens:
+            words.append(["apple", "stone", "blue", "zebra"][len(words) % 4])
+        return " ".join(words)
+
+    return make
+
+
+def recast(col: str, convert: Callable[[pd.Series], object]) -> Callable:
+    def corrupt(df: pd.DataFrame, tok: ChatTokenizer) -> pd.DataFrame:
+        df[col] = convert(df[col])
+        return df
+
+    return corrupt
+
+
+def copy_line_1_to_2(df: pd.DataFrame, tok: ChatTokenizer) -> pd.DataFrame:
+    df.loc[2] = df.loc[1]
+    return df
+
+
+def swap_ranks(df: pd.DataFrame, tok: ChatTokenizer) -> pd.DataFrame:
+    df.loc[2, ["chosen_rank", "rejected_rank"]] = df.loc[2, ["rejected_rank", "chosen_rank"]].to_numpy()
+    return df
+
+
+def corruptions(kind: str) -> dict[str, Callable]:
+    """One corruption per check of the suite, each meant to trip that check and no other."""
+    text = ["prompt", "response"] if kind == "demos" else ["prompt", "chosen", "rejected"]
+    out: dict[str, Callable] = {"min_rows": lambda df, tok: df.iloc[: MIN_ROWS - 1]}
+    for col in text:
+        out[f"column_exists:{col}"] = lambda df, tok, col=col: df.drop(columns=col)
+        out[f"not_null:{col}"] = set_cell(col, None)
+        out[f"type:{col}"] = set_cell(col, 7)
+        out[f"not_blank:{col}"] = set_cell(col, "  \t ")
+    for col in text[1:]:
+        out[f"fits_block:{col}"] = set_cell(col, text_of(BLOCK))
+    out["prompt_tokens"] = set_cell("prompt", text_of(MAX_PROMPT))  # + 2 chat markers: over, yet fits BLOCK
+    out["no_duplicate_rows"] = copy_line_1_to_2
+    out["no_eval_prompt"] = set_cell("prompt", " what is the capital of  Peru?")  # case/spacing hide nothing
+    if kind == "demos":
+        out["type:id"] = set_cell("id", 2)
+        out["type:family"] = set_cell("family", 3.0)
+        return out
+    out["chosen_differs_from_rejected"] = set_cell("rejected", RESPONSES[1])
+    out["chosen_rank_better"] = swap_ranks
+    out["labeler_temperature_positive"] = set_cell("labeler_temperature", 0.0)
+    out["type:prompt_id"] = recast("prompt_id", lambda s: range(len(s)))
+    out["type:chosen_rank"] = recast("chosen_rank", lambda s: s.astype(float))
+    out["type:rejected_rank"] = recast("rejected_rank", lambda s: s.astype(float))
+    out["type:labeler_seed"] = recast("labeler_seed", lambda s: s.astype(float))
+    out["type:labeler_temperature"] = recast("labeler_temperature", lambda s: 1)  # int: would pass "> 0"
+    out["type:labeler_length_bias"] = recast("labeler_length_bias", lambda s: s.astype(str))
+    out["type:sft_hash"] = recast("sft_hash", lambda s: 123)
+    out["type:source"] = recast("source", lambda s: 1)
+    return out
+
+
+CLEAN = {"demos": demos, "preferences": pairs}
+CASES = [(kind, name) for kind in CLEAN for name in corruptions(kind)]
+
+
+def check(kind: str, df: pd.DataFrame, tok: ChatTokenizer, report_dir: Path, docs: bool = False):
+    return validate(kind, df, tok, BLOCK, EVAL, report_dir, MIN_ROWS, max_prompt_tokens=MAX_PROMPT, data_docs=docs)
+
+
+@pytest.mark.parametrize("kind", sorted(CLEAN))
+def test_every_check_has_its_corruption(kind: str) -> None:
+    assert {c.name for c in checks(kind, BLOCK, MIN_ROWS, MAX_PROMPT)} == set(corruptions(kind))
+
+
+@pytest.mark.parametrize("kind", sorted(CLEAN))
+def test_clean_data_passes_and_writes_report_and_docs(tok: ChatTokenizer, tmp_path: Path, kind: str) -> None:
+    report = check(kind, CLEAN[kind](), tok, tmp_path, docs=True)
+    assert report.success, report.summary()
+    assert report.skipped == []  # the fixtures carry every optional column, so every check ran
+    assert len(report.outcomes) == len(corruptions(kind))
+    saved = json.loads((tmp_path / f"{kind}.json").read_text())
+    assert saved["success"] and saved["suite"] == report.suite
+    assert (tmp_path / f"{kind}_docs" / "index.html").is_file()
+
+
+@pytest.mark.parametrize(("kind", "name"), CASES, ids=[f"{k}-{n}" for k, n in CASES])
+def test_each_corruption_trips_exactly_its_expectation(
+    tok: ChatTokenizer, tmp_path: Path, kind: str, name: str
+) -> None:
+    df = corruptions(kind)[name](CLEAN[kind](), tok)
+    report = check(kind, df, tok, tmp_path)
+    assert [o.name for o in report.failed] == [name], report.summary()
+    (failed,) = report.failed
+    assert failed.error is None  # GX evaluated the rule (it did not crash on the data)
+    if failed.unexpected_count:  # row-level rules name the offending line of the file
+        assert 2 in [s["line"] for s in failed.samples], failed.samples
+
+
+def test_missing_optional_columns_are_skipped_not_failed(tok: ChatTokenizer, tmp_path: Path) -> None:
+    report = check("preferences", pairs()[["prompt", "chosen", "rejected"]], tok, tmp_path)
+    assert report.success
+    assert "chosen_rank_better" in report.skipped and "type:sft_hash" in report.skipped
+
+
+def test_run_reads_files_and_raises_with_the_report(tok: ChatTokenizer, tmp_path: Path) -> None:
+    df = corruptions("preferences")["labeler_temperature_positive"](pairs(), tok)
+    df.to_parquet(tmp_path / "pairs.parquet", index=False)
+    tok.save(tmp_path / "tokenizer.json")
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in EVAL))
+    files = [tmp_path / "pairs.parquet", tmp_path / "tokenizer.json", tmp_path / "eval.jsonl"]
+    with pytest.raises(ValidationFailed) as e:
+        run(
+            "preferences",
+            *files,
+            block_size=BLOCK,
+            min_rows=MIN_ROWS,
+            report_dir=tmp_path / "r",
+            data_docs=False,
+        )
+    (failed,) = e.value.report.failed
+    assert failed.name == "labeler_temperature_positive" and failed.samples[0]["row"] == 1  # Parquet row 1
+
+
+def tree_hashes(root: Path, skip: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and skip not in p.parents
+    }
+
+
+def write_inputs(work: Path, tok: ChatTokenizer, demo_rows: list[dict]) -> list[str]:
+    work.mkdir()
+    lines = [json.dumps(r) for r in demo_rows]
+    (work / "demos.jsonl").write_text(lines[0] + "\n\n" + "\n".join(lines[1:]) + "\n")  # blank line 2
+    (work / "eval.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in EVAL))
+    (work / "unrelated.txt").write_text("must stay as it is\n")
+    tok.save(work / "tokenizer.json")
+    (work / "params.yaml").write_text(f"model:\n  block_size: {BLOCK}\nvalidate:\n  min_demos: 2\n")
+    files = ["--input", "demos.jsonl", "--tokenizer", "tokenizer.json", "--eval-prompts", "eval.jsonl"]
+    return [*files, "--params", "params.yaml", "--report-dir", "reports"]  # block size, min rows: params
+
+
+def test_failing_cli_exits_nonzero_and_touches_nothing_else(tok: ChatTokenizer, tmp_path: Path) -> None:
+    rows = demos().to_dict("records")
+    rows[2]["response"] = text_of(BLOCK)(tok)  # the third record: line 4 of the file (line 2 is blank)
+    work = tmp_path / "work"
+    args = write_inputs(work, tok, rows)
+    before = tree_hashes(work, work / "reports")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasks.validate", "demos", *args],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "FAIL fits_block:response" in proc.stderr and '"line": 4' in proc.stderr, proc.stderr
+    assert tree_hashes(work, work / "reports") == before  # inputs untouched, nothing written beside them
+    report = json.loads((work / "reports" / "demos.json").read_text())
+    assert [o["name"] for o in report["outcomes"] if not o["success"]] == ["fits_block:response"]
+
+
+def test_passing_cli_exits_zero(tok: ChatTokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "work"
+    args = write_inputs(work, tok, demos().to_dict("records"))
+    monkeypatch.chdir(work)
+    assert main(["demos", *args]) == 0
+    assert json.loads((work / "reports" / "demos.json").read_text())["success"]
+    assert (work / "reports" / "demos_docs" / "index.html").is_file()
