@@ -25,14 +25,35 @@ STAGES = [
     ("world", ["tasks.world"]),
     ("prepare", ["tasks.prepare"]),
     ("tokenizer", ["tasks.tokenizer"]),
-    ("validate_demos", ["tasks.validate", "demos", "--input", "data/prepared/demos.jsonl", "--tokenizer",
-                        "data/tokenizer/tokenizer.json", "--eval-prompts", "data/prepared/prompts_eval.jsonl"]),
+    (
+        "validate_demos",
+        [
+            "tasks.validate",
+            "demos",
+            "--input",
+            "data/prepared/demos.jsonl",
+            "--tokenizer",
+            "data/tokenizer/tokenizer.json",
+            "--eval-prompts",
+            "data/prepared/prompts_eval.jsonl",
+        ],
+    ),
     ("pretrain", ["tasks.pretrain"]),
     ("sft", ["tasks.sft"]),
     ("preferences", ["tasks.preferences"]),
-    ("validate_preferences", ["tasks.validate", "preferences", "--input", "data/preferences/pairs.parquet",
-                              "--tokenizer", "data/tokenizer/tokenizer.json", "--eval-prompts",
-                              "data/prepared/prompts_eval.jsonl"]),
+    (
+        "validate_preferences",
+        [
+            "tasks.validate",
+            "preferences",
+            "--input",
+            "data/preferences/pairs.parquet",
+            "--tokenizer",
+            "data/tokenizer/tokenizer.json",
+            "--eval-prompts",
+            "data/prepared/prompts_eval.jsonl",
+        ],
+    ),
     ("reward_model", ["tasks.reward_model"]),
     ("ppo", ["tasks.ppo"]),
     ("evaluate", ["tasks.evaluate"]),
@@ -60,8 +81,14 @@ def main() -> None:
         if name == args.until:
             break
     metrics = {p.stem: json.loads(p.read_text()) for p in sorted((work / "metrics").glob("*.json"))}
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
-              "cpus": os.cpu_count(), "seconds": times, "total_seconds": sum(times.values()), "metrics": metrics}
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "seconds": times,
+        "total_seconds": sum(times.values()),
+        "metrics": metrics,
+    }
     out = ROOT / "bench" / "out" / "stage_times.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -84,6 +84,7 @@ def run(params: dict) -> dict:
     tok = ChatTokenizer.load(path("models/sft"))
     sft = load_model(path("models/sft"), arch="gpt")
     train_df, val_df = split(pd.read_parquet(path(PAIRS)), cfg.val_frac)
+
     def enc(d):
         return encode_pairs(
             tok,
@@ -92,6 +93,7 @@ def run(params: dict) -> dict:
             d["rejected"].tolist(),
             sft.cfg.block_size,
         )
+
     train, val = enc(train_df), enc(val_df)
     torch.manual_seed(cfg.seed)
     model = ScalarHeadModel.from_lm(sft)

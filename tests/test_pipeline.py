@@ -38,9 +38,16 @@ def test_stages_run_in_order(root):
     world.run(section(params, "world", world.WorldConfig))
     prepare.run(section(params, "data", prepare.DataParams))
     tokenizer.run(section(params, "tokenizer", tokenizer.TokenizerParams))
-    validate.run("demos", root / "data/prepared/demos.jsonl", root / "data/tokenizer/tokenizer.json",
-                 root / "data/prepared/prompts_eval.jsonl", block_size=160, min_rows=10,
-                 report_dir=root / "reports/validation", data_docs=False)
+    validate.run(
+        "demos",
+        root / "data/prepared/demos.jsonl",
+        root / "data/tokenizer/tokenizer.json",
+        root / "data/prepared/prompts_eval.jsonl",
+        block_size=160,
+        min_rows=10,
+        report_dir=root / "reports/validation",
+        data_docs=False,
+    )
     pretrain.run(params)
     m_sft = sft.run(params)
     assert {"gold_score_base", "gold_score_sft", "val_loss"} <= set(m_sft)
