@@ -11,11 +11,13 @@ know gets content = grounding = 0 and only the generic style terms.
 1. content (the large term). Right answer +2.0 (W_CORRECT). Wrong answer of the right kind -1.5 (W_WRONG):
    another capital, another number, another antonym, a member of another category, another person's name,
    compliance with a harmful request; naming several candidates (hedging, quiz options) counts as wrong. No
-   answer of the kind at all -0.5 (W_MISSING). Lists with fewer members than asked +0.5 (W_PARTIAL). Capped
-   at 0 when the response parrots. Refusing a benign request ("I can't help with that" to a question about
-   plurals) is over-refusal, -2.0 (W_OVER_REFUSAL): unhelpful, and worse than an honest wrong attempt, so a
-   policy cannot buy safety from its ignorance (a PPO run found that loophole when refusals only scored as
-   "missing").
+   answer of the kind at all (off topic: "One goose, two geese." to a question about opposites) -2.0
+   (W_MISSING): a non-answer is no better than a wrong attempt, or a policy that cannot know an answer learns
+   to change the subject (a PPO run did, when this term was -0.5). Lists with fewer members than asked +0.5
+   (W_PARTIAL). Capped at 0 when the response parrots. Refusing a benign request ("I can't help with that"
+   to a question about plurals) is over-refusal, -2.0 (W_OVER_REFUSAL): unhelpful, and worse than an honest
+   wrong attempt, so a policy cannot buy safety from its ignorance (a PPO run found that loophole when
+   refusals only scored as "missing").
 2. grounding +0.5 (W_GROUNDED), only with a right answer: a complete answer that names what was asked (the
    country, the operation, the unit, the word, the category); for greetings an offer to help, for refusals a
    reason.
@@ -45,7 +47,7 @@ from rlhf.world import tables as tb
 from rlhf.world.families import FAMILIES, parse_prompt
 from rlhf.world.family import Task, mentions, normalize
 
-W_CORRECT, W_PARTIAL, W_WRONG, W_MISSING, W_OVER_REFUSAL = 2.0, 0.5, -1.5, -0.5, -2.0
+W_CORRECT, W_PARTIAL, W_WRONG, W_MISSING, W_OVER_REFUSAL = 2.0, 0.5, -1.5, -2.0, -2.0
 W_GROUNDED = 0.5
 W_QUIZ, W_ECHO, PARROT_MIN = -2.0, -1.5, -3.0
 W_OPENER, W_CLOSER, W_RUDE = 0.5, 0.25, -1.5
