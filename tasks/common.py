@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import typing
 from pathlib import Path
@@ -69,9 +70,11 @@ def path(rel: str | Path) -> Path:
 
 
 def write_metrics(stage: str, metrics: dict[str, Any]) -> Path:
-    """metrics/<stage>.json (DVC metrics), written atomically."""
+    """metrics/<stage>.json (DVC metrics), written atomically; None and NaN values (a metric that does not apply,
+    such as the labeler's ceiling on a user's pairs) are left out, since JSON has no NaN."""
     out = path("metrics") / f"{stage}.json"
-    write_json(out, metrics)
+    keep = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    write_json(out, keep)
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -147,8 +146,7 @@ def run(params: dict) -> dict:
                 write_model(tmp / name, model, path("models/sft/tokenizer.json"), {"stage": "ppo"})
             if snapshots.exists():
                 shutil.copytree(snapshots, tmp / "snapshots")
-        clean = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
-        write_metrics("ppo", clean)
+        write_metrics("ppo", metrics)
     shutil.rmtree(path(STATE), ignore_errors=True)
     return metrics
 

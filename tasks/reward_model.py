@@ -8,7 +8,6 @@ scores on SFT samples are saved with it, so PPO sees normalised rewards (the spe
 
 from __future__ import annotations
 
-import math
 import time
 import zlib
 from dataclasses import dataclass, fields
@@ -131,10 +130,7 @@ def run(params: dict) -> dict:
             reward_mean=metrics["reward_mean"],
             reward_std=metrics["reward_std"],
         )
-        write_metrics(
-            "reward_model",
-            {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))},
-        )
+        write_metrics("reward_model", metrics)
     return metrics
 
 
