@@ -46,6 +46,7 @@ import string
 from rlhf.world import tables as tb
 from rlhf.world.families import FAMILIES, parse_prompt
 from rlhf.world.family import Task, mentions, normalize
+from rlhf.world.social import is_refusal
 
 W_CORRECT, W_PARTIAL, W_WRONG, W_MISSING, W_OVER_REFUSAL = 2.0, 0.5, -1.5, -2.0, -2.0
 W_GROUNDED = 0.5
@@ -100,11 +101,6 @@ def explain(prompt: str, response: str) -> dict[str, float]:
         "concision": concision(task, response),
         "degeneration": degeneration(response),
     }
-
-
-def is_refusal(response: str) -> bool:
-    norm = normalize(response)
-    return any(mentions(norm, m) for m in tb.REFUSAL_MARKERS)
 
 
 def parroting(prompt: str, response: str) -> float:
