@@ -77,50 +77,62 @@ def generate(
     pad_id: int,
     generator: torch.Generator | None = None,
 ) -> Generation:
-    """Sample up to cfg.max_new_tokens per row; each row stops at its first EOS (kept, masked 1)."""
+    """Sample up to cfg.max_new_tokens per row; each row stops at its first EOS (kept, masked 1).
+
+    The decode loop is the hot path of RLHF on a CPU (bench/generate.py): one forward of B tokens per step with
+    the KV cache, logits of the last position only, and no attention mask at all when no prompt is padded.
+    """
     B, P = prompt_ids.shape
     N = cfg.max_new_tokens
     if model.cfg.block_size < P + N:
         raise ValueError(f"prompt of {P} tokens + {N} new tokens exceeds the context of {model.cfg.block_size}")
     param = next(model.parameters())
-    cache = KVCache(model.cfg, B, P + N, param.device, param.dtype)
-    key_mask = torch.zeros(B, P + N, dtype=torch.long, device=param.device)  # (B, S_max)
+    device = param.device
+    cache = KVCache(model.cfg, B, P + N, device, param.dtype)
+    padded = not bool(prompt_mask.all())
+    key_mask = torch.ones(B, P + N, dtype=torch.long, device=device)  # (B, S_max); new tokens are always real
     key_mask[:, :P] = prompt_mask
-    tokens = torch.full((B, N), pad_id, dtype=torch.long, device=param.device)
-    mask = torch.zeros(B, N, device=param.device)
-    logprobs = torch.zeros(B, N, device=param.device)
-    alive = torch.ones(B, dtype=torch.bool, device=param.device)
-    positions = prompt_mask.sum(1, keepdim=True)  # (B, 1) position id of the first new token
+    tokens = torch.full((B, N), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(B, N, device=device)
+    logprobs = torch.zeros(B, N, device=device)
+    alive = torch.ones(B, dtype=torch.bool, device=device)
+    positions = prompt_mask.sum(1, keepdim=True) if padded else None  # (B, 1) position of the first new token
 
-    logits = model(prompt_ids, attention_mask=prompt_mask, cache=cache)[:, -1]  # (B, V)
+    logits = model(prompt_ids, attention_mask=prompt_mask if padded else None, cache=cache, last_only=True)[:, 0]
     for t in range(N):
         next_tok, logp = _sample(logits, cfg, generator)  # (B,), (B,)
         tokens[:, t] = torch.where(alive, next_tok, pad_id)
-        mask[:, t] = alive.float()
-        logprobs[:, t] = torch.where(alive, logp, 0.0)
-        alive = alive & (next_tok != eos_id)
-        if not alive.any() or t == N - 1:
+        mask[:, t] = alive
+        logprobs[:, t] = logp * alive
+        alive &= next_tok != eos_id
+        if t == N - 1 or not alive.any():
             break
-        key_mask[:, P + t] = 1
-        step_ids = tokens[:, t : t + 1]  # (B, 1)
-        logits = model(step_ids, attention_mask=key_mask[:, : P + t + 1], position_ids=positions + t, cache=cache)[
-            :, -1
-        ]
+        step_mask = key_mask[:, : P + t + 1] if padded else None
+        step_pos = positions + t if padded else None
+        logits = model(tokens[:, t : t + 1], step_mask, step_pos, cache, last_only=True)[:, 0]  # (B, V)
     return Generation(tokens, mask, logprobs)
 
 
 def _sample(
     logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, V) logits -> sampled ids (B,) and their log-probs (B,) under logits / temperature."""
+    """(B, V) logits -> sampled ids (B,) and their log-probs (B,) under logits / temperature.
+
+    Sampling inverts the CDF with one uniform per row (torch.multinomial draws one exponential per vocabulary
+    entry, which cost more than a whole decode step's attention at V = 512).
+    """
     if cfg.temperature == 0:
         logp_all = F.log_softmax(logits.float(), dim=-1)
         tok = logits.argmax(-1)
     else:
         scaled = logits.float() / cfg.temperature
         logp_all = F.log_softmax(scaled, dim=-1)
-        probs = filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(-1)
-        tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        filtered = filter_logits(scaled, cfg.top_k, cfg.top_p)
+        probs = logp_all.exp() if filtered is scaled else filtered.softmax(-1)  # (B, V)
+        cdf = probs.cumsum(-1)  # (B, V)
+        u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator) * cdf[:, -1:]  # (B, 1)
+        # right=True: the first index whose cumulative mass exceeds u, so a zero-probability token never wins
+        tok = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
     return tok, logp_all.gather(1, tok[:, None]).squeeze(1)
 
 

@@ -73,14 +73,15 @@ class CausalSelfAttention(nn.Module):
             cache.v[layer, :, :, start : start + T] = v
             k = cache.k[layer, :, :, : start + T]  # (B, nh, S, hs)
             v = cache.v[layer, :, :, : start + T]  # (B, nh, S, hs)
-        # Plain causal attention (no mask, no cache) takes SDPA's fused path.
+        # Without a mask, T > 1 queries are plainly causal (SDPA's fused path) and a single decoding query sees
+        # every cached key: the Transformer only leaves the mask out when that is exact.
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None and cache is None,
+            is_causal=mask is None and T > 1,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
@@ -108,6 +109,10 @@ def attention_bias(key_mask: torch.Tensor, q_len: int) -> torch.Tensor:
     A query always sees itself, so a pad query has one finite row instead of NaNs (its output is never used).
     """
     _B, S = key_mask.shape
+    if q_len == 1:  # one decoding query: causality is implied, only the key mask matters (the hot path)
+        allowed = key_mask.bool().clone()
+        allowed[:, -1] = True
+        return allowed[:, None, None, :]  # (B, 1, 1, S)
     q_pos = torch.arange(S - q_len, S, device=key_mask.device)  # (T,)
     k_pos = torch.arange(S, device=key_mask.device)  # (S,)
     causal = k_pos[None, :] <= q_pos[:, None]  # (T, S)
@@ -157,7 +162,7 @@ class Transformer(nn.Module):
         mask = None
         if attention_mask is not None:
             mask = attention_bias(attention_mask, T)
-        elif cache is not None:
+        elif past > 0 and T > 1:  # several queries after a cached prefix: causal with an offset
             mask = attention_bias(torch.ones(B, past + T, dtype=torch.bool, device=idx.device), T)
         x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
         for layer, block in enumerate(self.h):
@@ -192,9 +197,12 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """idx (B, T) -> logits (B, T, V)."""
+        """idx (B, T) -> logits (B, T, V), or (B, 1, V) for the last position only (sampling needs no more)."""
         x = self.transformer(idx, attention_mask, position_ids, cache)  # (B, T, C)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, C)
         return F.linear(x, self.transformer.wte.weight)  # (B, T, V)
 
     def num_params(self) -> int:
