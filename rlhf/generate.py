@@ -83,7 +83,9 @@ def generate(
     if model.cfg.block_size < P + N:
         raise ValueError(f"prompt of {P} tokens + {N} new tokens exceeds the context of {model.cfg.block_size}")
     param = next(model.parameters())
-    cache = KVCache(model.cfg, B, P + N, param.device, param.dtype)
+    # A model with its own cache type (rlhf.hf: HF's DynamicCache) provides it; the built-in GPT uses KVCache.
+    new_cache = getattr(model, "new_cache", None)
+    cache = new_cache(B, P + N) if new_cache else KVCache(model.cfg, B, P + N, param.device, param.dtype)
     key_mask = torch.zeros(B, P + N, dtype=torch.long, device=param.device)  # (B, S_max)
     key_mask[:, :P] = prompt_mask
     tokens = torch.full((B, N), pad_id, dtype=torch.long, device=param.device)
