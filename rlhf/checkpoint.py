@@ -4,6 +4,9 @@ A model directory holds
     model.safetensors   the weights
     config.json         {"arch": "gpt" | "scalar", "model": GPTConfig fields, ...extra metadata}
     tokenizer.json      the tokenizer, so a checkpoint is self-contained (serving, evaluation)
+A Hugging Face model (rlhf.hf, params `model.hf_path`) is saved the same way: "arch" is its role (an LM or a scalar
+head), "backend": "hf" and "hf_config" (the transformers config) say how to rebuild it, and its tokenizer's
+companion files (tokenizer_config.json, chat template) sit beside tokenizer.json.
 A training state (for resume) is `state.safetensors` (optimizer tensors, RNG state) + `state.json` beside it.
 """
 
@@ -23,6 +26,8 @@ from rlhf.io import atomic_dir, atomic_path, write_json
 from rlhf.model import GPT, GPTConfig, ScalarHeadModel
 
 ARCHS = {"gpt": GPT, "scalar": ScalarHeadModel}
+HF_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
+"""files of a Hugging Face tokenizer copied along with its tokenizer.json (its special tokens, its chat template)"""
 
 
 def _arch_name(model: torch.nn.Module) -> str:
@@ -32,14 +37,32 @@ def _arch_name(model: torch.nn.Module) -> str:
     raise TypeError(f"cannot checkpoint a {type(model).__name__}")
 
 
+def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict as contiguous CPU tensors. Tied weights (an HF LM head sharing the embedding) appear under
+    two names with one storage, which safetensors refuses: the second is copied; loading both restores the tie."""
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+        t = v.detach().contiguous().cpu()
+        ptr = t.untyped_storage().data_ptr()
+        state[k] = t.clone() if ptr in seen else t
+        seen.add(ptr)
+    return state
+
+
 def write_model(out: Path, model: torch.nn.Module, tokenizer_path: Path | None, extra: dict[str, Any]) -> None:
     """Write the model files into an existing directory `out` (used inside an atomic_dir)."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
-    config = {"arch": _arch_name(model), "model": dataclasses.asdict(model.cfg), **extra}
+    save_file(_state_tensors(model), str(out / "model.safetensors"))
+    if hasattr(model, "checkpoint_config"):  # an HF model (rlhf.hf) says how to rebuild itself
+        config = {**model.checkpoint_config(), **extra}
+    else:
+        config = {"arch": _arch_name(model), "model": dataclasses.asdict(model.cfg), **extra}
     write_json(out / "config.json", config)
     if tokenizer_path is not None:
+        tokenizer_path = Path(tokenizer_path)
         shutil.copyfile(tokenizer_path, out / "tokenizer.json")
+        for name in HF_TOKENIZER_FILES:
+            if (tokenizer_path.parent / name).is_file():
+                shutil.copyfile(tokenizer_path.parent / name, out / name)
 
 
 def save_model(path: str | Path, model: torch.nn.Module, tokenizer_path: Path | None = None, **extra: Any) -> None:
@@ -62,8 +85,12 @@ def load_model(path: str | Path, arch: str | None = None) -> torch.nn.Module:
     config = read_config(path)
     if arch is not None and config["arch"] != arch:
         raise ValueError(f"{path}: holds a '{config['arch']}' model, expected '{arch}'")
-    cfg = GPTConfig(**config["model"])
-    model = ARCHS[config["arch"]](cfg)
+    if config.get("backend") == "hf":
+        from rlhf.hf import from_checkpoint_config
+
+        model = from_checkpoint_config(config)
+    else:
+        model = ARCHS[config["arch"]](GPTConfig(**config["model"]))
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     return model
 

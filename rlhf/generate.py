@@ -88,7 +88,9 @@ def generate(
         raise ValueError(f"prompt of {P} tokens + {N} new tokens exceeds the context of {model.cfg.block_size}")
     param = next(model.parameters())
     device = param.device
-    cache = KVCache(model.cfg, B, P + N, device, param.dtype)
+    # A model with its own cache type (rlhf.hf: HF's DynamicCache) provides it; the built-in GPT uses KVCache.
+    new_cache = getattr(model, "new_cache", None)
+    cache = new_cache(B, P + N) if new_cache else KVCache(model.cfg, B, P + N, device, param.dtype)
     padded = not bool(prompt_mask.all())
     key_mask = torch.ones(B, P + N, dtype=torch.long, device=device)  # (B, S_max); new tokens are always real
     key_mask[:, :P] = prompt_mask

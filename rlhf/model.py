@@ -226,6 +226,8 @@ class ScalarHeadModel(nn.Module):
     @classmethod
     def from_lm(cls, lm: GPT, head_std: float | None = None) -> ScalarHeadModel:
         """Brain surgery: keep the LM's body, drop its LM head, add a fresh scalar head."""
+        if hasattr(lm, "scalar_head"):  # a Hugging Face LM (rlhf.hf) does its own surgery
+            return lm.scalar_head(head_std)
         model = cls(lm.cfg, head_std)
         model.transformer.load_state_dict(lm.transformer.state_dict())
         return model

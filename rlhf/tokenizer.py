@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 PAD, EOS, USER, ASSISTANT = "<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>"
 SPECIAL_TOKENS = [PAD, EOS, USER, ASSISTANT]  # ids 0..3, in this order
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"  # marks a Hugging Face tokenizer's directory
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> ChatTokenizer:
@@ -46,7 +47,14 @@ class ChatTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> ChatTokenizer:
+        """tokenizer.json, or a directory holding it. Beside a tokenizer_config.json it is a Hugging Face
+        tokenizer (params `model.hf_path`), loaded as rlhf.hf.HFChatTokenizer with its own chat format."""
         path = Path(path)
+        folder = path if path.is_dir() else path.parent
+        if (folder / HF_TOKENIZER_CONFIG).is_file():
+            from rlhf.hf import HFChatTokenizer
+
+            return HFChatTokenizer.load(folder)
         if path.is_dir():
             path = path / "tokenizer.json"
         if not path.exists():

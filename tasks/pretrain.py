@@ -1,4 +1,8 @@
-"""Stage `pretrain`: the base model, trained from scratch on the corpus (next-token prediction)."""
+"""Stage `pretrain`: the base model, trained from scratch on the corpus (next-token prediction).
+
+With `model.hf_path` set, the base model is that Hugging Face model and nothing is trained: the stage exports it
+into models/base in the project's checkpoint format (rlhf.hf), so the stages after it read it like any base.
+"""
 
 from __future__ import annotations
 
@@ -20,10 +24,32 @@ EVAL_BATCHES = 8
 
 
 def model_config(params: dict, tokenizer: ChatTokenizer) -> GPTConfig:
-    return build_dataclass(GPTConfig, {**params["model"], "vocab_size": tokenizer.vocab_size}, "params.yaml:model")
+    raw = {k: v for k, v in params["model"].items() if k != "hf_path"}
+    return build_dataclass(GPTConfig, {**raw, "vocab_size": tokenizer.vocab_size}, "params.yaml:model")
+
+
+def export_hf(params: dict, hf_path: str) -> dict:
+    """The HF model at `hf_path` as models/base (float32, dropout off, context model.block_size); no training."""
+    from rlhf.hf import load_pretrained
+
+    t0 = time.perf_counter()
+    tok = ChatTokenizer.load(path(TOKENIZER))
+    model = load_pretrained(path(hf_path), params["model"]["block_size"])
+    if tok.vocab_size > model.cfg.vocab_size:
+        raise ValueError(
+            f"model.hf_path = {hf_path}: the tokenizer in {TOKENIZER} has {tok.vocab_size} tokens but the model "
+            f"only {model.cfg.vocab_size}; rerun the tokenizer stage with this model.hf_path"
+        )
+    with tracking.stage_run("pretrain", {"model": params["model"]}):
+        save_model(path("models/base"), model, path(TOKENIZER), stage="pretrain", steps=0, hf_path=str(hf_path))
+        metrics = {"n_params": model.num_params(), "train_tokens": 0, "seconds": time.perf_counter() - t0}
+        write_metrics("pretrain", metrics)
+    return metrics
 
 
 def run(params: dict) -> dict:
+    if params["model"].get("hf_path"):
+        return export_hf(params, params["model"]["hf_path"])
     cfg = section(params, "pretrain", TrainConfig)
     tok = ChatTokenizer.load(path(TOKENIZER))
     mcfg = model_config(params, tok)

@@ -127,9 +127,11 @@ def stage_lineage(lock: Mapping[str, Any], stage: str) -> dict[str, str]:
 # --- registration ------------------------------------------------------------------------------------------
 
 
-def pip_requirements() -> list[str]:
-    """REQUIREMENTS pinned to the installed versions (without local labels such as +cpu)."""
-    return [f"{name}=={dist_version(name).split('+')[0]}" for name in REQUIREMENTS]
+def pip_requirements(hf: bool = False) -> list[str]:
+    """REQUIREMENTS pinned to the installed versions (without local labels such as +cpu); a Hugging Face
+    checkpoint (rlhf.hf) also needs transformers to be served."""
+    names = [*REQUIREMENTS, "transformers"] if hf else REQUIREMENTS
+    return [f"{name}=={dist_version(name).split('+')[0]}" for name in names]
 
 
 def signature(name: str) -> Any:
@@ -171,7 +173,7 @@ def register(name: str, checkpoint: Path, tags: Mapping[str, str]) -> tuple[Any,
     Returns (version, created); created is False when a version with the same weights already existed.
     """
     import mlflow
-    from rlhf.checkpoint import file_hash
+    from rlhf.checkpoint import file_hash, read_config
 
     sha = file_hash(checkpoint / "model.safetensors")
     existing = find_version(name, sha)
@@ -186,7 +188,7 @@ def register(name: str, checkpoint: Path, tags: Mapping[str, str]) -> tuple[Any,
             python_model=str(CODE[name]),
             artifacts={"checkpoint": str(checkpoint)},
             code_paths=[str(ROOT / "rlhf")],
-            pip_requirements=pip_requirements(),
+            pip_requirements=pip_requirements(hf=read_config(checkpoint).get("backend") == "hf"),
             signature=signature(name),
             registered_model_name=name,
         )

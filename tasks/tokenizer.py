@@ -1,12 +1,19 @@
-"""Stage `tokenizer`: train the byte-level BPE on the corpus and the demonstrations."""
+"""Stage `tokenizer`: train the byte-level BPE on the corpus and the demonstrations.
+
+With `model.hf_path` set, the Hugging Face model's own tokenizer is used instead: its files are copied into
+data/tokenizer/ (tokenizer.json, tokenizer_config.json, ...), and nothing is trained.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 
+from rlhf.io import atomic_dir
 from rlhf.tokenizer import train_tokenizer
 from tasks.common import cli, load_params, path, section
+
+OUT = "data/tokenizer"
 
 
 @dataclass(frozen=True)
@@ -26,15 +33,22 @@ def texts() -> list[str]:
     return out
 
 
-def run(cfg: TokenizerParams) -> dict:
+def run(cfg: TokenizerParams, hf_path: str | None = None) -> dict:
+    if hf_path:
+        from rlhf.hf import export_tokenizer
+
+        return {"vocab_size": export_tokenizer(path(hf_path), path(OUT)).vocab_size}
     tok = train_tokenizer(texts(), cfg.vocab_size)
-    tok.save(path("data/tokenizer/tokenizer.json"))
+    # The whole directory is replaced, so no file of an earlier HF tokenizer stays beside the new BPE.
+    with atomic_dir(path(OUT)) as tmp:
+        tok.save(tmp / "tokenizer.json")
     return {"vocab_size": tok.vocab_size}
 
 
 def main() -> None:
     cli(__doc__)
-    print(run(section(load_params(), "tokenizer", TokenizerParams)))
+    params = load_params()
+    print(run(section(params, "tokenizer", TokenizerParams), params.get("model", {}).get("hf_path")))
 
 
 if __name__ == "__main__":
