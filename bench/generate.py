@@ -25,7 +25,7 @@ def generate_no_cache(model: GPT, ids: torch.Tensor, n_new: int, gen: torch.Gene
     """Reference decoder: one full forward pass per new token (only the last position's logits are used)."""
     cfg = SamplingConfig(max_new_tokens=n_new, temperature=1.0)
     for _ in range(n_new):
-        logits = model(ids, last_only=True)[:, 0]
+        logits = model(ids, last=1)[:, 0]
         tok, _ = _sample(logits, cfg, gen)
         ids = torch.cat([ids, tok[:, None]], 1)
     return ids

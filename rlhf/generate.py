@@ -100,7 +100,7 @@ def generate(
     alive = torch.ones(B, dtype=torch.bool, device=device)
     positions = prompt_mask.sum(1, keepdim=True) if padded else None  # (B, 1) position of the first new token
 
-    logits = model(prompt_ids, attention_mask=prompt_mask if padded else None, cache=cache, last_only=True)[:, 0]
+    logits = model(prompt_ids, attention_mask=prompt_mask if padded else None, cache=cache, last=1)[:, 0]
     for t in range(N):
         next_tok, logp = _sample(logits, cfg, generator)  # (B,), (B,)
         tokens[:, t] = torch.where(alive, next_tok, pad_id)
@@ -111,7 +111,7 @@ def generate(
             break
         step_mask = key_mask[:, : P + t + 1] if padded else None
         step_pos = positions + t if padded else None
-        logits = model(tokens[:, t : t + 1], step_mask, step_pos, cache, last_only=True)[:, 0]  # (B, V)
+        logits = model(tokens[:, t : t + 1], step_mask, step_pos, cache, last=1)[:, 0]  # (B, V)
     return Generation(tokens, mask, logprobs)
 
 

@@ -145,9 +145,9 @@ class HFCausalLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: HFCache | None = None,
-        last_only: bool = False,
+        last: int = 0,
     ) -> torch.Tensor:
-        """idx (B, T) -> logits (B, T, V), or (B, 1, V) with last_only; attention_mask (B, S) covers the cache too."""
+        """idx (B, T) -> logits (B, T, V), or (B, last, V); attention_mask (B, S) covers the cache too."""
         past = cache.length if cache is not None else 0
         if past + idx.shape[1] > self.cfg.block_size:
             raise ValueError(f"sequence of {past + idx.shape[1]} tokens exceeds the context of {self.cfg.block_size}")
@@ -159,7 +159,7 @@ class HFCausalLM(nn.Module):
             position_ids=position_ids,
             past_key_values=cache.pkv if cache is not None else None,
             use_cache=cache is not None,
-            logits_to_keep=1 if last_only else 0,  # 0: every position
+            logits_to_keep=last,  # 0: every position
         )
         if cache is not None:
             cache.length = past + idx.shape[1]

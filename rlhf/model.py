@@ -197,12 +197,13 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        last_only: bool = False,
+        last: int = 0,
     ) -> torch.Tensor:
-        """idx (B, T) -> logits (B, T, V), or (B, 1, V) for the last position only (sampling needs no more)."""
+        """idx (B, T) -> logits (B, T, V), or of the `last` positions only (B, last, V): sampling needs one,
+        PPO the response's; the LM head is then not computed where nobody reads it."""
         x = self.transformer(idx, attention_mask, position_ids, cache)  # (B, T, C)
-        if last_only:
-            x = x[:, -1:]  # (B, 1, C)
+        if last:
+            x = x[:, -last:]  # (B, last, C)
         return F.linear(x, self.transformer.wte.weight)  # (B, T, V)
 
     def num_params(self) -> int:

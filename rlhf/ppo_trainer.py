@@ -113,7 +113,7 @@ def make_state(actor: GPT, critic: ScalarHeadModel, cfg: PPOConfig) -> PPOState:
         {"params": list(actor.parameters()), "lr": cfg.lr, "initial_lr": cfg.lr},
         {"params": list(critic.parameters()), "lr": cfg.critic_lr, "initial_lr": cfg.critic_lr},
     ]
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.0, eps=1e-5)
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.0, eps=1e-5, fused=True)
     kl_ctl = (
         AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         if cfg.adaptive_kl

@@ -47,6 +47,11 @@ class Rollout:
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.prompt_mask, self.mask.long()], 1)  # (B, P + N)
 
+    def model_mask(self) -> torch.Tensor | None:
+        """The mask to give a model: None when no prompt is left-padded, as plain causal attention is then exact
+        (a valid token never sees a later pad) and takes the fused path; the full mask otherwise."""
+        return self.attention_mask if bool((self.prompt_mask[:, 0] == 0).any()) else None
+
     def select(self, idx: torch.Tensor) -> Rollout:
         """The rows `idx` of every tensor (a minibatch)."""
         out = {}
@@ -85,8 +90,9 @@ def policy_forward(
     Dividing by the sampling temperature here as in the rollout is what makes the ratio exactly 1 at the first
     minibatch (ppo-details: "divide logits by the sampling temperature both when rolling out and in training").
     """
-    P = ro.prompt_ids.shape[1]
-    logits = actor(ro.ids, attention_mask=ro.attention_mask)[:, P - 1 : -1] / temperature  # (B, N, V)
+    N = ro.responses.shape[1]
+    # Logits only where they are read: positions P-1 .. P+N-2 (the last N+1 but the final one).
+    logits = actor(ro.ids, attention_mask=ro.model_mask(), last=N + 1)[:, :-1] / temperature  # (B, N, V)
     logprobs = logprobs_from_logits(logits, ro.responses)
     return logprobs, entropy_from_logits(logits) if with_entropy else None
 
@@ -94,7 +100,7 @@ def policy_forward(
 def value_forward(critic: ScalarHeadModel, ro: Rollout) -> torch.Tensor:
     """Critic values (B, N) of the states before each response token."""
     P = ro.prompt_ids.shape[1]
-    return critic(ro.ids, attention_mask=ro.attention_mask)[:, P - 1 : -1]
+    return critic(ro.ids, attention_mask=ro.model_mask())[:, P - 1 : -1]
 
 
 def reward_model_scores(rm: ScalarHeadModel, ro: Rollout) -> torch.Tensor:
