@@ -49,19 +49,19 @@ def sample_policy(
     """Sample n_samples responses per prompt (seeded); with `ref`, also each response's KL from it."""
     flat = [p for p in prompts for _ in range(n_samples)]
     flat_ids = [i for i in prompt_ids for _ in range(n_samples)]
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)  # sampling draws on its device
     texts: list[str] = []
     lengths, kls = [], []
     model.eval()
     for start in range(0, len(flat), batch_size):
         ro = sample_rollout(model, tok, flat[start : start + batch_size], sampling, gen)
         texts += ro.texts(tok)
-        lengths.append(ro.mask.sum(1))
+        lengths.append(ro.mask.sum(1).cpu())
         if ref is not None:
             temperature = sampling.temperature or 1.0
             logp, _ = policy_forward(model, ro, temperature)
             ref_logp, _ = policy_forward(ref, ro, temperature)
-            kls.append(((logp - ref_logp) * ro.mask).sum(1))
+            kls.append(((logp - ref_logp) * ro.mask).sum(1).cpu())
     return PolicySamples(
         flat,
         flat_ids,

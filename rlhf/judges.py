@@ -77,5 +77,6 @@ class RewardModelJudge:
                 responses[i : i + batch_size],
                 self.model.cfg.block_size,
             )
-            out += ((self.model.score(ids, mask) - self.mean) / self.std).tolist()
+            device = next(self.model.parameters()).device
+            out += ((self.model.score(ids.to(device), mask.to(device)).float() - self.mean) / self.std).tolist()
         return out

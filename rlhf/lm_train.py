@@ -4,6 +4,11 @@ AdamW (decay on matrices only), linear warmup then cosine decay, gradient clippi
 rate and ETA, and resumable checkpoints: a training state saved every `checkpoint_every` steps restores optimizer,
 RNG and step, and batches are a pure function of the step, so a resumed run ends with the same weights as an
 uninterrupted one.
+
+Under torchrun (`rlhf.distributed`) each rank trains on its contiguous share of every step's batch through DDP,
+with the loss weighted by the rank's share of the batch's target tokens, so W processes take the step one
+process takes on the whole batch; held-out batches are split across ranks and their losses summed; only rank 0
+logs and writes training states.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rlhf import distributed
 from rlhf.checkpoint import load_training_state, save_training_state
+from rlhf.device import CPU, Runtime
 from rlhf.io import atomic_dir
 from rlhf.lm_data import IGNORE, Batch
 from rlhf.model import GPT
@@ -74,15 +81,19 @@ def lm_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_loss(model: GPT, batches: list[Batch]) -> float:
-    """Token-weighted mean loss over fixed held-out batches."""
+def evaluate_loss(model: GPT, batches: list[Batch], runtime: Runtime = CPU) -> float:
+    """Token-weighted mean loss over fixed held-out batches (each rank takes a part; the sums are reduced)."""
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
-    for x, y in batches:
+    for x, y in batches[distributed.split_slice(len(batches))]:
         n = int((y != IGNORE).sum())
-        total += float(lm_loss(model, x, y)) * n
+        with runtime.autocast():
+            total += float(lm_loss(model, x.to(device), y.to(device))) * n
         count += n
     model.train()
+    if distributed.is_distributed():
+        total, count = distributed.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     return total / max(count, 1)
 
 
@@ -95,49 +106,74 @@ def train_lm(
     log: LogFn,
     name: str = "train",
     stop_at: int | None = None,
+    runtime: Runtime = CPU,
 ) -> dict[str, float]:
-    """Train `model` in place for cfg.steps, resuming from state_dir if it holds a state of this run.
+    """Train `model` (on its device) in place for cfg.steps, resuming from state_dir if it holds a state of this run.
 
+    `sample(step)` gives the global batch of a step; under torchrun each rank trains on its shard of it.
     `stop_at` ends the run early after that step (with a training state written), as an interruption would;
-    the test of resume equivalence uses it. Returns the final metrics.
+    the test of resume equivalence uses it. Returns the final metrics (the same on every rank).
     """
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     start = _maybe_resume(model, opt, state_dir, cfg, name)
-    progress = Progress(name, cfg.steps, unit="step")
+    distributed.check_agree(start, f"the step {name} resumes from")
+    net = distributed.wrap(model)  # DDP under torchrun, `model` itself in one process
+    device = next(model.parameters()).device
+    progress = Progress(name, cfg.steps, unit="step", enabled=distributed.is_main())
     progress.done = start
     model.train()
     metrics: dict[str, float] = {}
     t0, tokens = time.perf_counter(), 0
     for step in range(start, cfg.steps):
-        # 1. learning rate of this step, 2. batch of this step, 3. forward/backward, 4. clip and step
+        # 1. learning rate of this step, 2. this rank's share of the step's batch, 3. forward/backward, 4. clip, step
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        x, y = sample(step)
-        loss = lm_loss(model, x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        opt.step()
+        x, y = (distributed.shard(t).to(device) for t in sample(step))
+        loss, grad_norm = _step(net, model, opt, x, y, cfg.grad_clip, runtime)
         tokens += int((y != IGNORE).sum())
-        metrics = {
-            f"{name}/loss": loss.item(),
-            f"{name}/lr": lr_at(step, cfg),
-            f"{name}/grad_norm": grad_norm.item(),
-        }
+        metrics = {f"{name}/loss": loss, f"{name}/lr": lr_at(step, cfg), f"{name}/grad_norm": grad_norm}
+        metrics = distributed.all_reduce_mean(metrics)  # the loss becomes the global batch's token mean
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            metrics[f"{name}/val_loss"] = evaluate_loss(model, eval_batches)
-            metrics[f"{name}/tokens_per_s"] = tokens / (time.perf_counter() - t0)
-        log(metrics, done)
+            metrics[f"{name}/val_loss"] = evaluate_loss(model, eval_batches, runtime)
+            all_tokens = float(distributed.all_reduce_sum(torch.tensor(tokens, dtype=torch.float64)))
+            metrics[f"{name}/tokens_per_s"] = all_tokens / (time.perf_counter() - t0)
+        if distributed.is_main():
+            log(metrics, done)
         loss_value = metrics[f"{name}/loss"]
         progress.update(1, loss=loss_value)
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"{name}: loss became {loss_value} at step {done}; no state was saved")
-        if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == stop_at) and done < cfg.steps:
+        checkpoint = cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == stop_at)
+        if checkpoint and done < cfg.steps and distributed.is_main():
             _save_state(model, opt, state_dir, cfg, done)
         if stop_at is not None and done >= stop_at:
             break
     return metrics
+
+
+def _step(
+    net: torch.nn.Module,
+    model: GPT,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grad_clip: float,
+    runtime: Runtime,
+) -> tuple[float, float]:
+    """One optimizer step on this rank's inputs and targets (B, T); returns (loss × share, gradient norm).
+
+    The loss is weighted by the rank's share of the batch's target tokens, so DDP's average of the ranks'
+    gradients is the gradient of the mean over all of them (1 in one process: the plain token mean).
+    """
+    share = distributed.token_share(int((y != IGNORE).sum()))
+    with runtime.autocast():
+        loss = lm_loss(net, x, y)
+    opt.zero_grad(set_to_none=True)
+    (loss * share).backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    opt.step()
+    return loss.item() * share, grad_norm.item()
 
 
 def _config_key(cfg: TrainConfig) -> str:

@@ -3,6 +3,10 @@
 A checkpoint holds the actor, the critic, the optimizer, the KL controller, torch's RNG, the iteration and the
 metric history. Prompts and sampling are seeded by the iteration, so a run resumed from a checkpoint logs the
 same metrics as an uninterrupted one.
+
+Under torchrun every rank runs this loop on its share of each iteration's prompts; the metrics are reduced
+across ranks, and only rank 0 logs, writes checkpoints and takes snapshots. A resume reads the checkpoint on
+every rank, so it must live on a filesystem that every node sees.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from rlhf import distributed
 from rlhf.checkpoint import load_training_state, save_training_state, write_model
 from rlhf.io import atomic_dir
 from rlhf.model import GPT
@@ -73,23 +78,28 @@ def train_ppo(
 ) -> list[dict[str, float]]:
     """Iterate until cfg.iterations (or `stop_at`, as an interruption would); returns the metric history."""
     load_ppo_state(checkpoint_dir, state, cfg)
+    distributed.check_agree(state.iteration, "the PPO iteration to resume from")
+    main = distributed.is_main()  # the one process that logs and writes
     ref.eval()
-    progress = Progress("ppo", cfg.iterations, unit="it", every_s=10)
+    progress = Progress("ppo", cfg.iterations, unit="it", every_s=10, enabled=main)
     progress.done = state.iteration
-    if snapshot and snapshot_every and state.iteration == 0:
+    if main and snapshot and snapshot_every and state.iteration == 0:
         snapshot(state)  # the starting point (SFT) is the first point of the over-optimisation curve
     while state.iteration < cfg.iterations:
         ro, stats = ppo_iteration(state, ref, score_fn, tok, prompts, cfg)
         if monitor is not None:
             gold = monitor(ro.prompts, ro.texts(tok))
-            stats["objective/gold_score"] = sum(gold) / len(gold)
+            # equal shares: the mean over ranks of each rank's mean is the batch's mean
+            stats |= distributed.all_reduce_mean({"objective/gold_score": sum(gold) / len(gold)})
         state.history.append(stats)
-        log(stats, state.iteration)
+        if main:
+            log(stats, state.iteration)
         progress.update(1, rm=stats["objective/rm_score"], kl=stats["objective/kl"])
-        if snapshot and snapshot_every and state.iteration % snapshot_every == 0:
+        if main and snapshot and snapshot_every and state.iteration % snapshot_every == 0:
             snapshot(state)
         done = state.iteration >= cfg.iterations
-        if checkpoint_every and not done and (state.iteration % checkpoint_every == 0 or state.iteration == stop_at):
+        due = checkpoint_every and (state.iteration % checkpoint_every == 0 or state.iteration == stop_at)
+        if main and due and not done:
             save_ppo_state(checkpoint_dir, state, cfg)
         if stop_at is not None and state.iteration >= stop_at:
             break

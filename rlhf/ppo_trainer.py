@@ -9,6 +9,15 @@ scalar head), the reference (frozen SFT) and the reward source (frozen reward mo
   5. learn       E epochs × minibatches of clipped policy loss + value loss − entropy bonus, clipped grads
   6. KL control  fixed β, or Ziegler et al.'s adaptive controller
 Shapes: B rollouts, N response tokens.
+
+Under torchrun (`rlhf.distributed`) each rank rolls out its own contiguous share of the iteration's prompts with
+its own sampling seed, the frozen models score its share, advantages are whitened with the mean and variance of
+every rank's tokens, and the metrics (KL included, which drives the controller) are reduced across ranks. In
+learning each rank shuffles its own rollouts into minibatches of batch_size / (W · mini_batches) and DDP averages
+the gradients, each rank's loss weighted by its share of the minibatch's tokens; with one minibatch per epoch a
+step is then exactly the step one process takes on the whole batch. With several minibatches the global
+minibatches are unions of per-rank shuffles, not the single process's shuffle: the same distribution of
+minibatches, other draws.
 """
 
 from __future__ import annotations
@@ -20,16 +29,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlhf import distributed
+from rlhf.device import CPU, Runtime
 from rlhf.generate import SamplingConfig
 from rlhf.model import GPT, ScalarHeadModel
 from rlhf.ppo import (
     AdaptiveKLController,
     FixedKLController,
-    explained_variance,
     gae,
     kl_penalized_rewards,
     masked_mean,
-    masked_whiten,
     per_token_kl,
     policy_loss,
     total_loss,
@@ -106,9 +115,23 @@ class PPOState:
     kl_ctl: FixedKLController | AdaptiveKLController
     iteration: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    runtime: Runtime = CPU
+    """device and precision of the forward passes"""
+    train_actor: torch.nn.Module | None = None
+    """what the training forward of the actor goes through: its DDP wrapper under torchrun (None: the actor)"""
+    train_critic: torch.nn.Module | None = None
+    """likewise for the critic"""
 
 
-def make_state(actor: GPT, critic: ScalarHeadModel, cfg: PPOConfig) -> PPOState:
+def make_state(actor: GPT, critic: ScalarHeadModel, cfg: PPOConfig, runtime: Runtime = CPU) -> PPOState:
+    """Optimizer and KL controller for actor and critic (on their device); DDP wrappers when distributed."""
+    distributed.shard_slice(cfg.batch_size)  # raises unless the batch splits evenly over the ranks
+    local = cfg.batch_size // distributed.world_size()
+    if local % cfg.mini_batches:
+        raise ValueError(
+            f"ppo.batch_size {cfg.batch_size} over {distributed.world_size()} processes is {local} rollouts each, "
+            f"which mini_batches {cfg.mini_batches} does not divide: make batch_size a multiple of both"
+        )
     groups = [
         {"params": list(actor.parameters()), "lr": cfg.lr, "initial_lr": cfg.lr},
         {"params": list(critic.parameters()), "lr": cfg.critic_lr, "initial_lr": cfg.critic_lr},
@@ -119,11 +142,13 @@ def make_state(actor: GPT, critic: ScalarHeadModel, cfg: PPOConfig) -> PPOState:
         if cfg.adaptive_kl
         else FixedKLController(cfg.kl_coef)
     )
-    return PPOState(actor, critic, opt, kl_ctl)
+    train_actor, train_critic = distributed.wrap(actor), distributed.wrap(critic)
+    return PPOState(actor, critic, opt, kl_ctl, runtime=runtime, train_actor=train_actor, train_critic=train_critic)
 
 
-def _generator(seed: int, iteration: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+def _generator(seed: int, iteration: int, device: torch.device | None = None) -> torch.Generator:
+    # Sampling on a GPU needs a generator of that device; everything else draws on the CPU.
+    return torch.Generator(device=device or "cpu").manual_seed(seed * 1_000_003 + iteration)
 
 
 def iteration_prompts(prompts: list[str], cfg: PPOConfig, iteration: int) -> list[str]:
@@ -139,29 +164,42 @@ def iteration_prompts(prompts: list[str], cfg: PPOConfig, iteration: int) -> lis
 def make_experience(
     state: PPOState, ref: GPT, score_fn: ScoreFn, tok: ChatTokenizer, prompts: list[str], cfg: PPOConfig
 ) -> tuple[Rollout, dict[str, float]]:
-    """Steps 1–4: rollout, score, KL-penalised rewards, advantages. Returns the static batch and its stats."""
+    """Steps 1–4 on this rank's `prompts`: rollout, score, KL-penalised rewards, advantages.
+
+    Returns the static batch and its stats (reduced over ranks: the same on every rank).
+    """
     timings: dict[str, float] = {}
     t = time.perf_counter()
+    device, amp = next(state.actor.parameters()).device, state.runtime.autocast
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-    ro = sample_rollout(state.actor, tok, prompts, sampling, _generator(cfg.seed, state.iteration))
+    gen = _generator(distributed.rank_seed(cfg.seed), state.iteration, device)  # each rank samples its own
+    with amp():
+        ro = sample_rollout(state.actor, tok, prompts, sampling, gen)
     timings["time/rollout"] = time.perf_counter() - t
-    # 2. score: normalised reward, minus the penalty for never emitting EOS
+    # 2. score: normalised reward, minus the penalty for never emitting EOS. The frozen models run in inference
+    # mode; clone() turns their outputs into ordinary tensors that autograd may meet later.
     t = time.perf_counter()
-    ro.raw_scores = score_fn(ro).float()
+    with torch.inference_mode(), amp():
+        raw_scores = score_fn(ro)
+    ro.raw_scores = raw_scores.float().to(device).clone()
     eos = has_eos(ro, tok.eos_id)
     ro.scores = ro.raw_scores - cfg.missing_eos_penalty * (~eos).float()
     # forward passes of π_old, π_ref and the critic over the same sequences
-    ro.logprobs, _ = policy_forward(state.actor, ro, cfg.temperature)
-    ro.ref_logprobs, _ = policy_forward(ref, ro, cfg.temperature)
-    ro.values = value_forward(state.critic, ro)
+    with amp():
+        ro.logprobs, _ = policy_forward(state.actor, ro, cfg.temperature)
+        with torch.inference_mode():
+            ref_logprobs, _ = policy_forward(ref, ro, cfg.temperature)
+        ro.values = value_forward(state.critic, ro)
+    ro.ref_logprobs = ref_logprobs.clone()
     timings["time/score_and_forward"] = time.perf_counter() - t
     # 3. augmented rewards R_aug(t) = -β·KL(t) + score on the last valid token (spec section 8)
     beta = state.kl_ctl.value
     ro.rewards = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, beta, cfg.kl_estimator)
     # 4. advantages over valid tokens only; returns from the raw advantages; then whiten (TRL's order)
     advantages, ro.returns = gae(ro.rewards, ro.values * ro.mask, ro.mask, cfg.gamma, cfg.lam)
-    ro.advantages = masked_whiten(advantages, ro.mask)
+    ro.advantages = distributed.masked_whiten(advantages, ro.mask)  # mean and variance over every rank's tokens
     kl_tokens = per_token_kl(ro.logprobs, ro.ref_logprobs, ro.mask, "k1")
+    # Per-rollout means reduce exactly (equal shares); token means are global already.
     stats = {
         "objective/rm_score": float(ro.raw_scores.mean()),
         "objective/score": float(ro.scores.mean()),
@@ -169,29 +207,38 @@ def make_experience(
         "objective/kl_coef": beta,
         "objective/non_eos_frac": float((~eos).float().mean()),
         "ppo/mean_response_length": float(ro.mask.sum(1).mean()),
-        "ppo/returns_mean": float(masked_mean(ro.returns, ro.mask)),
-        "ppo/val/values_mean": float(masked_mean(ro.values, ro.mask)),
+        "ppo/returns_mean": float(distributed.masked_mean(ro.returns, ro.mask)),
+        "ppo/val/values_mean": float(distributed.masked_mean(ro.values, ro.mask)),
         **timings,
     }
-    return ro, stats
+    return ro, distributed.all_reduce_mean(stats)
 
 
 def learn(state: PPOState, ro: Rollout, cfg: PPOConfig, lr_frac: float) -> dict[str, float]:
-    """Step 5: PPO epochs over the static batch; returns the mean of each statistic over minibatches."""
+    """Step 5: PPO epochs over this rank's static batch; returns the mean of each statistic over minibatches.
+
+    Every minibatch loss is weighted by the rank's share of the minibatch's tokens (`distributed.token_share`, 1 in
+    one process), and so are its token-mean statistics: their mean over ranks is then the global token mean.
+    """
     for group in state.optimizer.param_groups:
         group["lr"] = group["initial_lr"] * lr_frac  # linear anneal to 0 (N-implementation-details)
     state.actor.train()
     state.critic.train()
-    mb_size = cfg.batch_size // cfg.mini_batches
+    actor = state.actor if state.train_actor is None else state.train_actor
+    critic = state.critic if state.train_critic is None else state.train_critic
+    n = ro.responses.shape[0]  # this rank's rollouts: batch_size / W
+    mb_size = n // cfg.mini_batches
     g = _generator(cfg.seed, 10**6 + state.iteration)
     sums: dict[str, float] = {}
     count, ratio_max, first_approxkl = 0, 0.0, float("nan")
     for epoch in range(cfg.ppo_epochs):
-        perm = torch.randperm(cfg.batch_size, generator=g)
-        for start in range(0, cfg.batch_size, mb_size):
+        perm = torch.randperm(n, generator=g)
+        for start in range(0, n, mb_size):
             mb = ro.select(perm[start : start + mb_size])
-            mb_logprobs, mb_entropy = policy_forward(state.actor, mb, cfg.temperature, with_entropy=True)
-            mb_vpred = value_forward(state.critic, mb)
+            share = distributed.token_share(mb.mask.sum())
+            with state.runtime.autocast():
+                mb_logprobs, mb_entropy = policy_forward(actor, mb, cfg.temperature, with_entropy=True)
+                mb_vpred = value_forward(critic, mb)
             pg_loss, pg_stats = policy_loss(mb_logprobs, mb.logprobs, mb.advantages, mb.mask, cfg.cliprange)
             vf_loss, vf_stats = value_loss(mb_vpred, mb.values, mb.returns, mb.mask, cfg.cliprange_value)
             entropy = masked_mean(mb_entropy, mb.mask)
@@ -202,7 +249,7 @@ def learn(state: PPOState, ro: Rollout, cfg: PPOConfig, lr_frac: float) -> dict[
                     f"(policy {pg_loss.item()}, value {vf_loss.item()}); stopped before any checkpoint"
                 )
             state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share).backward()
             torch.nn.utils.clip_grad_norm_(state.actor.parameters(), cfg.grad_clip)
             torch.nn.utils.clip_grad_norm_(state.critic.parameters(), cfg.grad_clip)
             state.optimizer.step()
@@ -215,12 +262,14 @@ def learn(state: PPOState, ro: Rollout, cfg: PPOConfig, lr_frac: float) -> dict[
                 **{f"ppo/val/{k}": v for k, v in vf_stats.items()},
             }
             if epoch == 0 and start == 0:  # the check that rollout and training log-probs agree
-                first_approxkl = pg_stats["approxkl"]
+                first_approxkl = pg_stats["approxkl"] * share
             ratio_max = max(ratio_max, pg_stats.pop("ratio_max"))
             for k, v in mb_stats.items():
-                sums[k] = sums.get(k, 0.0) + v
+                sums[k] = sums.get(k, 0.0) + v * share
             count += 1
-    out = {k: v / count for k, v in sums.items()}
+    out = distributed.all_reduce_mean({k: v / count for k, v in sums.items()} | {"first_approxkl": first_approxkl})
+    first_approxkl = out.pop("first_approxkl")
+    ratio_max = distributed.all_reduce_max(ratio_max)
     return out | {"ppo/policy/ratio_max": ratio_max, "ppo/policy/first_approxkl": first_approxkl}
 
 
@@ -238,14 +287,15 @@ def check_finite(state: PPOState) -> None:
 def ppo_iteration(
     state: PPOState, ref: GPT, score_fn: ScoreFn, tok: ChatTokenizer, prompts: list[str], cfg: PPOConfig
 ) -> tuple[Rollout, dict[str, float]]:
-    """One full iteration (steps 1–6); updates `state` in place and returns the rollout and its metrics."""
+    """One full iteration (steps 1–6); updates `state` in place and returns this rank's rollout and the metrics."""
     t0 = time.perf_counter()
-    ro, stats = make_experience(state, ref, score_fn, tok, iteration_prompts(prompts, cfg, state.iteration), cfg)
+    batch = distributed.shard(iteration_prompts(prompts, cfg, state.iteration))  # this rank's prompts
+    ro, stats = make_experience(state, ref, score_fn, tok, batch, cfg)
     t = time.perf_counter()
     stats |= learn(state, ro, cfg, lr_frac=1.0 - state.iteration / cfg.iterations)
     stats["time/update"] = time.perf_counter() - t
     with torch.no_grad():
-        stats["ppo/val/explained_var"] = explained_variance(ro.values, ro.returns, ro.mask)
+        stats["ppo/val/explained_var"] = distributed.explained_variance(ro.values, ro.returns, ro.mask)
     # 6. KL control: the controller sees the mean KL per response of this batch
     state.kl_ctl.update(stats["objective/kl"], cfg.batch_size)
     state.iteration += 1

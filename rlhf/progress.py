@@ -10,8 +10,17 @@ from typing import TextIO
 class Progress:
     """Print `name step/total  rate/s  eta  extra` at most every `every_s` seconds and at the end."""
 
-    def __init__(self, name: str, total: int, unit: str = "it", every_s: float = 5.0, stream: TextIO | None = None):
+    def __init__(
+        self,
+        name: str,
+        total: int,
+        unit: str = "it",
+        every_s: float = 5.0,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+    ):
         self.name, self.total, self.unit, self.every_s = name, total, unit, every_s
+        self.enabled = enabled  # off on all but one process of a distributed run: one line per update, not W
         self.stream = stream or sys.stderr
         self.start = self.last = time.perf_counter()
         self.done = 0
@@ -19,7 +28,7 @@ class Progress:
     def update(self, n: int = 1, **extra: float) -> None:
         self.done += n
         now = time.perf_counter()
-        if now - self.last >= self.every_s or self.done >= self.total:
+        if self.enabled and (now - self.last >= self.every_s or self.done >= self.total):
             self.last = now
             self._print(now, extra)
 

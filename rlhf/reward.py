@@ -4,6 +4,11 @@ Shapes: B pairs, T tokens. Chosen and rejected sequences are scored in one forwa
 each score is read at the row's last real token (`ScalarHeadModel.score`), so padding never changes a score.
 The loss is `-logsigmoid(r_chosen - r_rejected)`: the spec writes `-log(sigmoid(.))`, which underflows to -inf
 once the margin is below about -88 in float32; logsigmoid is the same function computed stably.
+
+Under torchrun (`rlhf.distributed`) each rank scores its contiguous share of every step's pairs through DDP: the
+loss is a mean over pairs and the shares are equal, so DDP's gradient average is the global batch's gradient.
+Held-out pairs are split across ranks and their sums reduced, so every rank takes the same early-stopping
+decision; only rank 0 logs.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rlhf import distributed
+from rlhf.device import CPU, Runtime
 from rlhf.lm_train import TrainConfig as _Schedule
 from rlhf.lm_train import lr_at, make_optimizer
-from rlhf.model import ScalarHeadModel
+from rlhf.model import ScalarHeadModel, last_token_index
 from rlhf.progress import Progress
 from rlhf.tokenizer import ChatTokenizer
 
@@ -90,26 +97,42 @@ def pair_batch(chosen: list[list[int]], rejected: list[list[int]], pad_id: int) 
     return ids, mask
 
 
-def pair_scores(model: ScalarHeadModel, chosen, rejected, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass over both sides -> r_chosen (B,), r_rejected (B,)."""
+def pair_scores(model: torch.nn.Module, chosen, rejected, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass over both sides -> r_chosen (B,), r_rejected (B,).
+
+    `model` is a ScalarHeadModel or a DDP wrapper of one. It is called through its forward (what DDP hooks), then
+    read at each row's last real token: `ScalarHeadModel.score` for right-padded rows, which need no attention mask.
+    """
     ids, mask = pair_batch(chosen, rejected, pad_id)
-    scores = model.score(ids, mask)  # (2B,)
+    device = next(model.parameters()).device
+    values = model(ids.to(device))  # (2B, T)
+    scores = values.gather(1, last_token_index(mask.to(device))[:, None]).squeeze(1)  # (2B,)
     return scores[: len(chosen)], scores[len(chosen) :]
 
 
 @torch.no_grad()
-def margins(model: ScalarHeadModel, pairs: Pairs, pad_id: int, batch_size: int = 128) -> torch.Tensor:
-    """r_chosen − r_rejected for every pair (N,)."""
+def margins(
+    model: ScalarHeadModel, pairs: Pairs, pad_id: int, batch_size: int = 128, runtime: Runtime = CPU
+) -> torch.Tensor:
+    """r_chosen − r_rejected for every pair (N,), fp32 on the CPU."""
     model.eval()
-    out = []
+    out = [torch.zeros(0)]  # a rank's share of the held-out pairs may be empty
     for i in range(0, len(pairs), batch_size):
-        rc, rr = pair_scores(model, pairs.chosen[i : i + batch_size], pairs.rejected[i : i + batch_size], pad_id)
-        out.append(rc - rr)
+        with runtime.autocast():
+            rc, rr = pair_scores(model, pairs.chosen[i : i + batch_size], pairs.rejected[i : i + batch_size], pad_id)
+        out.append((rc - rr).float().cpu())
     return torch.cat(out)
 
 
-def evaluate_pairs(model: ScalarHeadModel, pairs: Pairs, pad_id: int) -> dict[str, float]:
-    m = margins(model, pairs, pad_id)
+def evaluate_pairs(model: ScalarHeadModel, pairs: Pairs, pad_id: int, runtime: Runtime = CPU) -> dict[str, float]:
+    """Held-out loss, accuracy and mean margin; under torchrun each rank scores a part and the sums are reduced."""
+    if distributed.is_distributed():
+        part = distributed.split_slice(len(pairs))
+        m = margins(model, Pairs(pairs.chosen[part], pairs.rejected[part]), pad_id, runtime=runtime)
+        sums = torch.stack([-F.logsigmoid(m).sum(), (m > 0).sum(), m.sum(), torch.tensor(len(m))])
+        loss, correct, margin, n = distributed.all_reduce_sum(sums.double()).tolist()
+        return {"loss": loss / n, "accuracy": correct / n, "margin": margin / n}
+    m = margins(model, pairs, pad_id, runtime=runtime)
     return {
         "loss": float(-F.logsigmoid(m).mean()),
         "accuracy": float((m > 0).float().mean()),
@@ -118,9 +141,18 @@ def evaluate_pairs(model: ScalarHeadModel, pairs: Pairs, pad_id: int) -> dict[st
 
 
 def train_reward_model(
-    model: ScalarHeadModel, train: Pairs, val: Pairs, cfg: RMConfig, pad_id: int, log: LogFn
+    model: ScalarHeadModel,
+    train: Pairs,
+    val: Pairs,
+    cfg: RMConfig,
+    pad_id: int,
+    log: LogFn,
+    runtime: Runtime = CPU,
 ) -> dict[str, float]:
-    """Train in place with early stopping on held-out loss; the model ends with its best weights."""
+    """Train in place (on the model's device) with early stopping on held-out loss; the model ends with its best
+    weights. Under torchrun each rank trains on its share of every batch (cfg.batch_size pairs over all ranks)."""
+    distributed.shard_slice(cfg.batch_size)  # a batch that does not split evenly over the ranks is an error
+    net = distributed.wrap(model)
     per_epoch = max(1, len(train) // cfg.batch_size)
     steps = per_epoch * cfg.epochs
     schedule = _Schedule(steps=steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=0.0)
@@ -128,7 +160,7 @@ def train_reward_model(
     g = torch.Generator().manual_seed(cfg.seed)
     best = {"loss": math.inf}
     best_state, bad_evals = copy.deepcopy(model.state_dict()), 0
-    progress = Progress("reward_model", steps, unit="step")
+    progress = Progress("reward_model", steps, unit="step", enabled=distributed.is_main())
     for step in range(steps):
         if step % per_epoch == 0:
             order = torch.randperm(len(train), generator=g).tolist()
@@ -136,26 +168,31 @@ def train_reward_model(
         model.train()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, schedule)
-        rc, rr = pair_scores(model, [train.chosen[i] for i in idx], [train.rejected[i] for i in idx], pad_id)
-        loss = bt_loss(rc, rr)
+        idx = distributed.shard(idx)  # this rank's pairs of the step's batch
+        with runtime.autocast():
+            rc, rr = pair_scores(net, [train.chosen[i] for i in idx], [train.rejected[i] for i in idx], pad_id)
+        loss = bt_loss(rc.float(), rr.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         metrics = {"rm/loss": loss.item(), "rm/train_accuracy": float((rc > rr).float().mean())}
+        metrics = distributed.all_reduce_mean(metrics)  # equal shares: the mean over ranks is the batch's
         if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
-            ev = evaluate_pairs(model, val, pad_id)
+            ev = evaluate_pairs(model, val, pad_id, runtime)
             metrics |= {f"rm/val_{k}": v for k, v in ev.items()}
             if ev["loss"] < best["loss"]:
                 best, best_state, bad_evals = ev, copy.deepcopy(model.state_dict()), 0
             else:
                 bad_evals += 1
-        log(metrics, step + 1)
+        if distributed.is_main():
+            log(metrics, step + 1)
         progress.update(1, loss=metrics["rm/loss"])
         if not math.isfinite(metrics["rm/loss"]):
             raise FloatingPointError(f"reward model: loss became {metrics['rm/loss']} at step {step + 1}")
         if bad_evals >= cfg.patience:
-            print(f"[reward_model] early stop at step {step + 1}: no better held-out loss in {cfg.patience} evals")
+            if distributed.is_main():
+                print(f"[reward_model] early stop at step {step + 1}: no better held-out loss in {cfg.patience} evals")
             break
     model.load_state_dict(best_state)
     return {**best, "steps": step + 1}

@@ -75,6 +75,8 @@ def sample_rollout(
     from rlhf.generate import left_pad
 
     ids, pmask = left_pad([tok.encode_prompt(p) for p in prompts], tok.pad_id)
+    device = next(actor.parameters()).device
+    ids, pmask = ids.to(device), pmask.to(device)
     actor.eval()
     gen = generate(actor, ids, pmask, sampling, tok.eos_id, tok.pad_id, generator)
     # Drop columns that are padding in every row: the learning phase then does no work on them.
@@ -98,9 +100,9 @@ def policy_forward(
 
 
 def value_forward(critic: ScalarHeadModel, ro: Rollout) -> torch.Tensor:
-    """Critic values (B, N) of the states before each response token."""
+    """Critic values (B, N) of the states before each response token, fp32 (also under bf16 autocast)."""
     P = ro.prompt_ids.shape[1]
-    return critic(ro.ids, attention_mask=ro.model_mask())[:, P - 1 : -1]
+    return critic(ro.ids, attention_mask=ro.model_mask())[:, P - 1 : -1].float()
 
 
 def reward_model_scores(rm: ScalarHeadModel, ro: Rollout) -> torch.Tensor:

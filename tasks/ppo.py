@@ -4,6 +4,9 @@ The reward source is the trained reward model (normalised by the mean/std saved 
 set to an import path "module:function", any judge of (prompts, responses) — the same interface evaluation uses.
 The gold judge is watched during training for monitoring only; it never enters the loss. Actor snapshots saved
 along training feed the evaluation's over-optimisation curve.
+
+With `runtime.nproc_per_node` > 1 (or under torchrun) every rank rolls out its share of each iteration's prompts
+and DDP averages the gradients (rlhf.ppo_trainer); rank 0 alone probes the policies and writes.
 """
 
 from __future__ import annotations
@@ -17,19 +20,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rlhf import distributed
 from rlhf.checkpoint import load_model, read_config, write_model
 from rlhf.data import read_prompts
+from rlhf.device import Runtime, freeze, peak_memory_mb
 from rlhf.evaluation import judge_samples, sample_policy
 from rlhf.generate import SamplingConfig
 from rlhf.io import atomic_dir
 from rlhf.judges import RewardModelJudge, check_scores, load_judge
-from rlhf.model import ScalarHeadModel
+from rlhf.model import GPT, ScalarHeadModel
 from rlhf.ppo_run import train_ppo
 from rlhf.ppo_trainer import PPOConfig, PPOState, make_state
 from rlhf.rollout import Rollout, reward_model_scores
 from rlhf.tokenizer import ChatTokenizer
-from tasks import tracking
-from tasks.common import build_dataclass, cli, load_params, path, write_metrics
+from tasks import launch, tracking
+from tasks.common import build_dataclass, path, write_metrics
 from tasks.plots import plot_curves, write_csv
 
 STATE = "state/ppo"
@@ -62,11 +67,12 @@ def score_fn_for(spec: str, rm: ScalarHeadModel, rm_cfg: dict, tok: ChatTokenize
     return score
 
 
-def probe(actor, ref, tok, prompts, cfg: PPOParams, judges) -> dict[str, float]:
+def probe(actor, ref, tok, prompts, cfg: PPOParams, judges, rt: Runtime) -> dict[str, float]:
     """RM score, gold score, KL and length of a policy on a fixed prompt set (same seed for every policy)."""
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-    s = sample_policy(actor, tok, prompts, [str(i) for i in range(len(prompts))], sampling, 1, cfg.seed + 7, ref)
-    judge_samples(s, judges)
+    with rt.autocast():
+        s = sample_policy(actor, tok, prompts, [str(i) for i in range(len(prompts))], sampling, 1, cfg.seed + 7, ref)
+        judge_samples(s, judges)
     return {
         "kl": float(s.kl.mean()),
         "length": float(s.lengths.mean()),
@@ -74,86 +80,108 @@ def probe(actor, ref, tok, prompts, cfg: PPOParams, judges) -> dict[str, float]:
     }
 
 
+def load_models(cfg: PPOParams, rt: Runtime) -> tuple[GPT, ScalarHeadModel, GPT, ScalarHeadModel]:
+    """Actor and critic (learning), reference and reward model (frozen), on the runtime's device."""
+    actor = load_model(path("models/sft"), "gpt").to(rt.device)
+    ref = freeze(load_model(path("models/sft"), "gpt").to(rt.device))
+    rm = load_model(path("models/reward_model"), "scalar").to(rt.device).eval()
+    # The critic copies the reward model before it is frozen: the copy trains.
+    if cfg.critic_init == "reward_model":
+        critic = copy.deepcopy(rm)
+    else:
+        critic = ScalarHeadModel.from_lm(actor, head_std=0.0).to(rt.device)
+    return actor, critic, ref, freeze(rm)
+
+
 def run(params: dict) -> dict:
     cfg = build_dataclass(PPOParams, params["ppo"], "params.yaml:ppo")
     core = PPOConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PPOConfig)})
     tok = ChatTokenizer.load(path("models/sft"))
-    actor, ref = load_model(path("models/sft"), "gpt"), load_model(path("models/sft"), "gpt").eval()
-    rm, rm_cfg = (
-        load_model(path("models/reward_model"), "scalar").eval(),
-        read_config(path("models/reward_model")),
-    )
-    critic = copy.deepcopy(rm) if cfg.critic_init == "reward_model" else ScalarHeadModel.from_lm(actor, head_std=0.0)
     prompts = read_prompts(path("data/prepared/prompts_ppo.jsonl"))["prompt"].tolist()
     spec = params.get("judge", {}).get("gold", "none")
     gold = load_judge(spec) if spec != "none" else None
-    rm_judge = RewardModelJudge(rm, tok, rm_cfg.get("reward_mean", 0.0), rm_cfg.get("reward_std", 1.0))
-    judges = {"rm": rm_judge, **({"gold": gold} if gold else {})}
-    probe_set = prompts[: cfg.probe_prompts]
-    snapshots = path(STATE) / "snapshots"
-
-    def snapshot(state: PPOState) -> None:
-        with atomic_dir(snapshots / f"iter_{state.iteration:04d}") as tmp:
-            write_model(tmp, state.actor, path("models/sft/tokenizer.json"), {"iteration": state.iteration})
-
-    t0 = time.perf_counter()
-    with tracking.stage_run("ppo", {"ppo": params["ppo"]}) as tr:
-        start = probe(actor, ref, tok, probe_set, cfg, judges)
-        torch.manual_seed(cfg.seed)
-        state = make_state(actor, critic, core)
-        history = train_ppo(
-            state,
-            ref,
-            score_fn_for(cfg.reward, rm, rm_cfg, tok),
-            tok,
-            prompts,
-            core,
-            tr.log_metrics,
-            path(STATE) / "checkpoint",
-            cfg.checkpoint_every,
-            gold,
-            snapshot,
-            cfg.snapshot_every,
-        )
-        end = probe(state.actor, ref, tok, probe_set, cfg, judges)
-        metrics = {
-            "kl": end["kl"],
-            "rm_score": end["rm_score"],
-            "gold_score": end.get("gold_score"),
-            "length": end["length"],
-            "sft_rm_score": start["rm_score"],
-            "sft_gold_score": start.get("gold_score"),
-            "sft_length": start["length"],
-            "iterations": len(history),
-            "seconds": time.perf_counter() - t0,
-            "seconds_per_iteration": float(np.mean([h["time/iteration"] for h in history])),
-        }
-        rows = [{"iteration": i + 1, **h} for i, h in enumerate(history)]
-        write_csv(path("plots/ppo_curves.csv"), rows)
-        keys = [
-            ("objective/rm_score", "RM score (normalised)"),
-            ("objective/kl", "KL per response"),
-            ("objective/gold_score", "gold score (monitor)"),
-            ("ppo/mean_response_length", "length"),
-            ("ppo/policy/entropy", "entropy"),
-            ("ppo/policy/pg_clipfrac", "pg_clipfrac"),
-        ]
-        plot_curves(rows, [k for k in keys if k[0] in rows[0]], path("plots/ppo_curves.png"), "PPO training")
-        tr.log_artifact(path("plots/ppo_curves.png"))
-        with atomic_dir(path("models/ppo")) as tmp:
-            for name, model in (("actor", state.actor), ("critic", state.critic)):
-                (tmp / name).mkdir()
-                write_model(tmp / name, model, path("models/sft/tokenizer.json"), {"stage": "ppo"})
-            if snapshots.exists():
-                shutil.copytree(snapshots, tmp / "snapshots")
-        write_metrics("ppo", metrics)
+    logged = {"ppo": params["ppo"], "runtime": params.get("runtime", {})}
+    with launch.session(params) as rt:
+        actor, critic, ref, rm = load_models(cfg, rt)
+        rm_cfg = read_config(path("models/reward_model"))
+        rm_judge = RewardModelJudge(rm, tok, rm_cfg.get("reward_mean", 0.0), rm_cfg.get("reward_std", 1.0))
+        judges = {"rm": rm_judge, **({"gold": gold} if gold else {})}
+        probe_set = prompts[: cfg.probe_prompts]
+        main = distributed.is_main()
+        t0 = time.perf_counter()
+        with launch.stage_run("ppo", logged) as tr:
+            start = probe(actor, ref, tok, probe_set, cfg, judges, rt) if main else {}
+            torch.manual_seed(distributed.rank_seed(cfg.seed))
+            state = make_state(actor, critic, core, runtime=rt)
+            history = train_ppo(
+                state,
+                ref,
+                score_fn_for(cfg.reward, rm, rm_cfg, tok),
+                tok,
+                prompts,
+                core,
+                tr.log_metrics,
+                path(STATE) / "checkpoint",
+                cfg.checkpoint_every,
+                gold,
+                _snapshot,
+                cfg.snapshot_every,
+            )
+            peak = launch.peak_memory(rt)
+            if not main:
+                return {}  # rank 0 probes, reports and writes
+            end = probe(state.actor, ref, tok, probe_set, cfg, judges, rt)
+            metrics = {
+                "kl": end["kl"],
+                "rm_score": end["rm_score"],
+                "gold_score": end.get("gold_score"),
+                "length": end["length"],
+                "sft_rm_score": start["rm_score"],
+                "sft_gold_score": start.get("gold_score"),
+                "sft_length": start["length"],
+                "iterations": len(history),
+                "seconds": time.perf_counter() - t0,
+                "seconds_per_iteration": float(np.mean([h["time/iteration"] for h in history])),
+                "peak_memory_mb": max(peak, peak_memory_mb(rt.device)),
+                "world_size": distributed.world_size(),
+            }
+            _write_outputs(state, history, tr)
+            write_metrics("ppo", metrics)
     shutil.rmtree(path(STATE), ignore_errors=True)
     return metrics
 
 
+def _snapshot(state: PPOState) -> None:
+    """An actor checkpoint along training (rank 0 only: the core calls it there)."""
+    with atomic_dir(path(STATE) / "snapshots" / f"iter_{state.iteration:04d}") as tmp:
+        write_model(tmp, state.actor, path("models/sft/tokenizer.json"), {"iteration": state.iteration})
+
+
+def _write_outputs(state: PPOState, history: list[dict[str, float]], tr: tracking.Tracker) -> None:
+    """The training curves (CSV, PNG) and models/ppo: actor, critic and the snapshots."""
+    rows = [{"iteration": i + 1, **h} for i, h in enumerate(history)]
+    write_csv(path("plots/ppo_curves.csv"), rows)
+    keys = [
+        ("objective/rm_score", "RM score (normalised)"),
+        ("objective/kl", "KL per response"),
+        ("objective/gold_score", "gold score (monitor)"),
+        ("ppo/mean_response_length", "length"),
+        ("ppo/policy/entropy", "entropy"),
+        ("ppo/policy/pg_clipfrac", "pg_clipfrac"),
+    ]
+    plot_curves(rows, [k for k in keys if k[0] in rows[0]], path("plots/ppo_curves.png"), "PPO training")
+    tr.log_artifact(path("plots/ppo_curves.png"))
+    snapshots = path(STATE) / "snapshots"
+    with atomic_dir(path("models/ppo")) as tmp:
+        for name, model in (("actor", state.actor), ("critic", state.critic)):
+            (tmp / name).mkdir()
+            write_model(tmp / name, model, path("models/sft/tokenizer.json"), {"stage": "ppo"})
+        if snapshots.exists():
+            shutil.copytree(snapshots, tmp / "snapshots")
+
+
 def main() -> None:
-    cli(__doc__)
-    print(run(load_params()))
+    launch.main("tasks.ppo", __doc__, run)
 
 
 if __name__ == "__main__":

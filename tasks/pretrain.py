@@ -2,6 +2,7 @@
 
 With `model.hf_path` set, the base model is that Hugging Face model and nothing is trained: the stage exports it
 into models/base in the project's checkpoint format (rlhf.hf), so the stages after it read it like any base.
+With `runtime.nproc_per_node` > 1 (or under torchrun) every rank trains on its share of each batch; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import time
 
 import torch
 
+from rlhf import distributed
 from rlhf.checkpoint import save_model
 from rlhf.lm_data import WindowSampler, encode_documents, fixed_batches
 from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.model import GPT, GPTConfig
 from rlhf.tokenizer import ChatTokenizer
-from tasks import tracking
-from tasks.common import build_dataclass, cli, load_params, path, section, write_metrics
+from tasks import launch
+from tasks.common import build_dataclass, path, section, write_metrics
 
 TOKENIZER = "data/tokenizer/tokenizer.json"
 EVAL_BATCHES = 8
@@ -57,35 +59,44 @@ def run(params: dict) -> dict:
     n_val = max(1, len(docs) // 20)  # the last 5% of documents are held out
     train = WindowSampler(encode_documents(tok, docs[:-n_val]), mcfg.block_size, cfg.batch_size, cfg.seed)
     val = WindowSampler(encode_documents(tok, docs[-n_val:]), mcfg.block_size, cfg.batch_size, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = GPT(mcfg)
-    t0 = time.perf_counter()
-    with tracking.stage_run("pretrain", {"model": params["model"], "pretrain": params["pretrain"]}) as tr:
-        final = train_lm(
-            model,
-            train,
-            fixed_batches(val, EVAL_BATCHES),
-            cfg,
-            path("state/pretrain"),
-            tr.log_metrics,
-            name="pretrain",
-        )
-        metrics = {
-            "loss": final["pretrain/loss"],
-            "val_loss": final.get("pretrain/val_loss"),
-            "n_params": model.num_params(),
-            "train_tokens": cfg.steps * cfg.batch_size * mcfg.block_size,
-            "seconds": time.perf_counter() - t0,
-        }
-        save_model(path("models/base"), model, path(TOKENIZER), stage="pretrain", steps=cfg.steps)
-        write_metrics("pretrain", metrics)
+    logged = {"model": params["model"], "pretrain": params["pretrain"], "runtime": params.get("runtime", {})}
+    with launch.session(params) as rt:
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+        model = GPT(mcfg).to(rt.device)
+        if distributed.is_distributed():
+            torch.manual_seed(distributed.rank_seed(cfg.seed))  # dropout masks differ per rank
+        t0 = time.perf_counter()
+        with launch.stage_run("pretrain", logged) as tr:
+            final = train_lm(
+                model,
+                train,
+                fixed_batches(val, EVAL_BATCHES),
+                cfg,
+                path("state/pretrain"),
+                tr.log_metrics,
+                name="pretrain",
+                runtime=rt,
+            )
+            peak = launch.peak_memory(rt)
+            if not distributed.is_main():
+                return {}  # rank 0 reports and writes
+            metrics = {
+                "loss": final["pretrain/loss"],
+                "val_loss": final.get("pretrain/val_loss"),
+                "n_params": model.num_params(),
+                "train_tokens": cfg.steps * cfg.batch_size * mcfg.block_size,
+                "seconds": time.perf_counter() - t0,
+                "peak_memory_mb": peak,
+                "world_size": distributed.world_size(),
+            }
+            save_model(path("models/base"), model, path(TOKENIZER), stage="pretrain", steps=cfg.steps)
+            write_metrics("pretrain", metrics)
     shutil.rmtree(path("state/pretrain"), ignore_errors=True)  # finished: nothing left to resume
     return metrics
 
 
 def main() -> None:
-    cli(__doc__)
-    print(run(load_params()))
+    launch.main("tasks.pretrain", __doc__, run)
 
 
 if __name__ == "__main__":

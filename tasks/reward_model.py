@@ -4,6 +4,9 @@ Held-out pairs are split by prompt (no prompt on both sides). Reported: loss, pa
 ceiling on the same held-out pairs (when the pairs came from the world's labeler), Spearman correlation with the
 gold judge on fresh SFT samples, mean margin and a calibration table. The mean and std of the reward model's
 scores on SFT samples are saved with it, so PPO sees normalised rewards (the spec's "reward scaling").
+
+With `runtime.nproc_per_node` > 1 (or under torchrun) every rank trains on its share of each batch of pairs;
+rank 0 alone measures and writes.
 """
 
 from __future__ import annotations
@@ -16,16 +19,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rlhf import distributed
 from rlhf.checkpoint import load_model, save_model
 from rlhf.data import read_prompts
+from rlhf.device import Runtime, peak_memory_mb
 from rlhf.generate import SamplingConfig, generate_text
 from rlhf.judges import RewardModelJudge, load_judge
 from rlhf.model import ScalarHeadModel
-from rlhf.reward import RMConfig, encode_pairs, margins, train_reward_model
+from rlhf.reward import Pairs, RMConfig, encode_pairs, margins, train_reward_model
 from rlhf.stats import calibration_table, pairwise_accuracy, spearman
 from rlhf.tokenizer import ChatTokenizer
-from tasks import tracking
-from tasks.common import build_dataclass, cli, load_params, path, write_metrics
+from tasks import launch
+from tasks.common import build_dataclass, path, write_metrics
 from tasks.plots import plot_calibration, write_csv
 
 PAIRS = "data/preferences/pairs.parquet"
@@ -70,11 +75,12 @@ def calibration(m: torch.Tensor, seed: int) -> list[dict]:
     return calibration_table(signed, (~flip).astype(float))
 
 
-def sft_samples(params: dict, cfg: RewardParams, tok: ChatTokenizer) -> tuple[list[str], list[str]]:
+def sft_samples(params: dict, cfg: RewardParams, tok: ChatTokenizer, rt: Runtime) -> tuple[list[str], list[str]]:
     prompts = read_prompts(path("data/prepared/prompts_ppo.jsonl"))["prompt"].tolist()[: cfg.n_samples]
-    sft = load_model(path("models/sft"), arch="gpt")
+    sft = load_model(path("models/sft"), arch="gpt").to(rt.device)
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature)
-    return prompts, generate_text(sft, tok, prompts, sampling, seed=cfg.seed + 1)
+    with rt.autocast():
+        return prompts, generate_text(sft, tok, prompts, sampling, seed=cfg.seed + 1)
 
 
 def run(params: dict) -> dict:
@@ -94,49 +100,69 @@ def run(params: dict) -> dict:
         )
 
     train, val = enc(train_df), enc(val_df)
-    torch.manual_seed(cfg.seed)
-    model = ScalarHeadModel.from_lm(sft)
-    t0 = time.perf_counter()
-    with tracking.stage_run("reward_model", {"reward_model": params["reward_model"]}) as tr:
-        best = train_reward_model(model, train, val, rm_cfg, tok.pad_id, tr.log_metrics)
-        m = margins(model, val, tok.pad_id)
-        prompts, responses = sft_samples(params, cfg, tok)
-        raw = RewardModelJudge(model, tok)(prompts, responses)
-        spec = params.get("judge", {}).get("gold", "none")
-        gold = load_judge(spec)(prompts, responses) if spec != "none" else None
-        metrics = {
-            "loss": best["loss"],
-            "accuracy": pairwise_accuracy(m.numpy()),
-            "ceiling": labeler_ceiling(val_df),
-            "spearman_gold": spearman(raw, gold) if gold is not None else None,
-            "margin": float(m.mean()),
-            "reward_mean": float(np.mean(raw)),
-            "reward_std": float(np.std(raw)) or 1.0,
-            "n_train": len(train),
-            "n_val": len(val),
-            "steps": best["steps"],
-            "seconds": time.perf_counter() - t0,
-        }
-        table = calibration(m, cfg.seed)
-        write_csv(path("plots/rm_calibration.csv"), table)
-        plot_calibration(table, path("plots/rm_calibration.png"))
-        tr.log_metrics({f"rm/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, best["steps"])
-        tr.log_artifact(path("plots/rm_calibration.png"))
-        save_model(
-            path("models/reward_model"),
-            model,
-            path("models/sft/tokenizer.json"),
-            stage="reward_model",
-            reward_mean=metrics["reward_mean"],
-            reward_std=metrics["reward_std"],
-        )
-        write_metrics("reward_model", metrics)
+    logged = {"reward_model": params["reward_model"], "runtime": params.get("runtime", {})}
+    with launch.session(params) as rt:
+        torch.manual_seed(cfg.seed)  # the same head on every rank (DDP also broadcasts rank 0's weights)
+        model = ScalarHeadModel.from_lm(sft).to(rt.device)
+        t0 = time.perf_counter()
+        with launch.stage_run("reward_model", logged) as tr:
+            best = train_reward_model(model, train, val, rm_cfg, tok.pad_id, tr.log_metrics, runtime=rt)
+            peak = launch.peak_memory(rt)
+            if not distributed.is_main():
+                return {}  # rank 0 measures, reports and writes
+            measured, table = measure(params, cfg, model, val, val_df, tok, rt)
+            metrics = {
+                "loss": best["loss"],
+                **measured,
+                "n_train": len(train),
+                "n_val": len(val),
+                "steps": best["steps"],
+                "seconds": time.perf_counter() - t0,
+                "peak_memory_mb": max(peak, peak_memory_mb(rt.device)),
+                "world_size": distributed.world_size(),
+            }
+            write_csv(path("plots/rm_calibration.csv"), table)
+            plot_calibration(table, path("plots/rm_calibration.png"))
+            tr.log_metrics(
+                {f"rm/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, best["steps"]
+            )
+            tr.log_artifact(path("plots/rm_calibration.png"))
+            save_model(
+                path("models/reward_model"),
+                model,
+                path("models/sft/tokenizer.json"),
+                stage="reward_model",
+                reward_mean=metrics["reward_mean"],
+                reward_std=metrics["reward_std"],
+            )
+            write_metrics("reward_model", metrics)
     return metrics
 
 
+def measure(
+    params: dict, cfg: RewardParams, model: ScalarHeadModel, val: Pairs, val_df: pd.DataFrame, tok, rt: Runtime
+) -> tuple[dict, list[dict]]:
+    """Held-out accuracy and margins, the RM's scores of fresh SFT samples (their mean/std, Spearman with gold),
+    and the calibration table."""
+    m = margins(model, val, tok.pad_id, runtime=rt)
+    prompts, responses = sft_samples(params, cfg, tok, rt)
+    with rt.autocast():
+        raw = RewardModelJudge(model, tok)(prompts, responses)
+    spec = params.get("judge", {}).get("gold", "none")
+    gold = load_judge(spec)(prompts, responses) if spec != "none" else None
+    measured = {
+        "accuracy": pairwise_accuracy(m.numpy()),
+        "ceiling": labeler_ceiling(val_df),
+        "spearman_gold": spearman(raw, gold) if gold is not None else None,
+        "margin": float(m.mean()),
+        "reward_mean": float(np.mean(raw)),
+        "reward_std": float(np.std(raw)) or 1.0,
+    }
+    return measured, calibration(m, cfg.seed)
+
+
 def main() -> None:
-    cli(__doc__)
-    print(run(load_params()))
+    launch.main("tasks.reward_model", __doc__, run)
 
 
 if __name__ == "__main__":

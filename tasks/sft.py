@@ -2,6 +2,9 @@
 
 Also measures what SFT bought: the mean judge score of the base and the SFT model on the held-out evaluation
 prompts (`gold_score_base`, `gold_score_sft` in metrics/sft.json).
+
+With `runtime.nproc_per_node` > 1 (or under torchrun) every rank trains on its share of each batch; rank 0 alone
+judges the two models and writes.
 """
 
 from __future__ import annotations
@@ -13,16 +16,18 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from rlhf import distributed
 from rlhf.checkpoint import load_model, save_model
 from rlhf.data import read_demos, read_prompts
+from rlhf.device import peak_memory_mb
 from rlhf.generate import SamplingConfig, generate_text
 from rlhf.io import write_jsonl
 from rlhf.judges import check_scores, load_judge
 from rlhf.lm_data import EpochSampler, sft_example
 from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.tokenizer import ChatTokenizer
-from tasks import tracking
-from tasks.common import build_dataclass, cli, load_params, path, write_metrics
+from tasks import launch
+from tasks.common import build_dataclass, path, write_metrics
 
 TOKENIZER = "data/tokenizer/tokenizer.json"
 DEMOS = "data/prepared/demos.jsonl"
@@ -86,30 +91,38 @@ def run(params: dict) -> dict:
     )
     sampler = EpochSampler(train_ids, train_np, cfg.batch_size, cfg.seed, tok.pad_id)
     held = EpochSampler(held_ids, held_np, cfg.batch_size, cfg.seed, tok.pad_id).eval_batches()
-    model = load_model(path("models/base"), arch="gpt")
-    torch.manual_seed(cfg.seed)
-    t0 = time.perf_counter()
-    with tracking.stage_run("sft", {"sft": params["sft"], "judge": params.get("judge", {})}) as tr:
-        final = train_lm(model, sampler, held, train_cfg, path("state/sft"), tr.log_metrics, name="sft")
-        seconds = time.perf_counter() - t0
-        metrics = {
-            "loss": final["sft/loss"],
-            "val_loss": final.get("sft/val_loss"),
-            "n_train": len(train_ids),
-            "n_heldout": len(held_ids),
-            "seconds": seconds,
-            **judge_models(params, cfg, {"base": base, "sft": model}, tok),
-        }
-        tr.log_metrics({f"sft/{k}": v for k, v in metrics.items() if isinstance(v, float)}, train_cfg.steps)
-        save_model(path("models/sft"), model, path(TOKENIZER), stage="sft", steps=cfg.steps)
-        write_metrics("sft", metrics)
+    logged = {"sft": params["sft"], "judge": params.get("judge", {}), "runtime": params.get("runtime", {})}
+    with launch.session(params) as rt:
+        model = load_model(path("models/base"), arch="gpt").to(rt.device)
+        torch.manual_seed(distributed.rank_seed(cfg.seed))  # dropout masks differ per rank
+        t0 = time.perf_counter()
+        with launch.stage_run("sft", logged) as tr:
+            final = train_lm(model, sampler, held, train_cfg, path("state/sft"), tr.log_metrics, name="sft", runtime=rt)
+            seconds = time.perf_counter() - t0
+            peak = launch.peak_memory(rt)
+            if not distributed.is_main():
+                return {}  # rank 0 judges, reports and writes
+            with rt.autocast():
+                judged = judge_models(params, cfg, {"base": base.to(rt.device), "sft": model}, tok)
+            metrics = {
+                "loss": final["sft/loss"],
+                "val_loss": final.get("sft/val_loss"),
+                "n_train": len(train_ids),
+                "n_heldout": len(held_ids),
+                "seconds": seconds,
+                **judged,
+                "peak_memory_mb": max(peak, peak_memory_mb(rt.device)),
+                "world_size": distributed.world_size(),
+            }
+            tr.log_metrics({f"sft/{k}": v for k, v in metrics.items() if isinstance(v, float)}, train_cfg.steps)
+            save_model(path("models/sft"), model, path(TOKENIZER), stage="sft", steps=cfg.steps)
+            write_metrics("sft", metrics)
     shutil.rmtree(path("state/sft"), ignore_errors=True)
     return metrics
 
 
 def main() -> None:
-    cli(__doc__)
-    print(run(load_params()))
+    launch.main("tasks.sft", __doc__, run)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,202 @@
+"""The scenarios of tests/test_distributed.py: run by one process (the reference) or by every rank under torchrun.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 -m tests.ddp_worker OUT
+
+Each rank runs every scenario with OUT/run<rank>/ as the only directory the code under test may write to, then
+saves what it ended with (parameters, logged metrics, checks) as OUT/rank<rank>.safetensors and .json for the
+test to compare. Tiny models (2 layers, width 32, vocabulary 64), a couple of steps each.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from rlhf import distributed, ppo
+from rlhf.lm_data import EpochSampler
+from rlhf.lm_train import TrainConfig, train_lm
+from rlhf.model import GPT, GPTConfig, ScalarHeadModel
+from rlhf.ppo_run import train_ppo
+from rlhf.ppo_trainer import PPOConfig, PPOState, learn, make_state
+from rlhf.reward import Pairs, RMConfig, train_reward_model
+from rlhf.rollout import Rollout, policy_forward, value_forward
+from rlhf.tokenizer import train_tokenizer
+
+CFG = GPTConfig(vocab_size=64, block_size=24, n_layer=2, n_head=2, n_embd=32)
+Result = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
+
+def _sequences(n: int, seed: int, low: int = 6, high: int = 20) -> list[list[int]]:
+    """n token lists of varied lengths (ids 3..63; 0 is padding), a pure function of the seed."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(low, high, (n,), generator=g).tolist()
+    return [torch.randint(3, CFG.vocab_size, (k,), generator=g).tolist() for k in lengths]
+
+
+def _recorder() -> tuple[list, Callable[[dict[str, float], int], None]]:
+    logged: list = []
+    return logged, lambda metrics, step: logged.append([step, metrics])
+
+
+def sft_scenario(workdir: Path) -> Result:
+    """Two SFT steps on batches of 4 whose rows have different numbers of target tokens; 3 held-out batches."""
+    examples = _sequences(12, seed=1)
+    n_prompt = [max(2, len(e) // 3) for e in examples]  # prompt tokens carry no loss: unequal token counts
+    sampler = EpochSampler(examples, n_prompt, batch_size=4, seed=0, pad_id=0)
+    held = EpochSampler(examples[:6], n_prompt[:6], batch_size=2, seed=0, pad_id=0).eval_batches()
+    cfg = TrainConfig(steps=2, batch_size=4, lr=1e-3, warmup_steps=1, eval_every=1, checkpoint_every=1, seed=0)
+    torch.manual_seed(0)
+    model = GPT(CFG)
+    logged, log = _recorder()
+    train_lm(model, sampler, held, cfg, workdir / "sft_state", log, name="sft")
+    return model.state_dict(), {"logged": logged}
+
+
+def rm_scenario(workdir: Path) -> Result:
+    """Two Bradley–Terry steps on 4 pairs each; 5 held-out pairs (split 2/3 over two ranks) scored every step.
+
+    In float64: the loss is blind to a shift of every score, so the gradients of the head's bias and of the final
+    LayerNorm's bias are exactly 0 in theory and rounding noise in practice. In fp32 that noise is ~1e-9, near
+    AdamW's eps, and Adam's normalisation turns it into steps of the order of the learning rate whose sign depends
+    on the order of the sums: one process and two disagree there by up to 1e-3 while every other weight agrees to
+    1e-6. In float64 the noise is far below eps and the comparison is meaningful again.
+    """
+    seqs = _sequences(26, seed=2)
+    train, val = Pairs(seqs[0:8], seqs[8:16]), Pairs(seqs[16:21], seqs[21:26])
+    cfg = RMConfig(epochs=1, batch_size=4, lr=1e-2, warmup_steps=1, eval_every=1, patience=10, seed=0)
+    torch.manual_seed(0)
+    model = ScalarHeadModel(CFG).double()
+    logged, log = _recorder()
+    best = train_reward_model(model, train, val, cfg, pad_id=0, log=log)
+    return model.state_dict(), {"logged": logged, "best": best}
+
+
+def fixed_rollout(actor: GPT, critic: ScalarHeadModel, B: int = 8, P: int = 5, N: int = 7) -> Rollout:
+    """A rollout of B rows with left-padded prompts and responses of varied lengths, built without sampling."""
+    g = torch.Generator().manual_seed(3)
+    prompt_ids = torch.randint(3, CFG.vocab_size, (B, P), generator=g)
+    prompt_mask = (torch.arange(P) >= torch.randint(0, 3, (B, 1), generator=g)).long()  # (B, P) left padding
+    prompt_ids = torch.where(prompt_mask.bool(), prompt_ids, 0)
+    lengths = torch.randint(1, N + 1, (B, 1), generator=g)
+    mask = (torch.arange(N) < lengths).float()  # (B, N) responses of 1..N tokens
+    responses = torch.where(mask.bool(), torch.randint(3, CFG.vocab_size, (B, N), generator=g), 0)
+    ro = Rollout(prompt_ids, prompt_mask, responses, mask, [f"p{i}" for i in range(B)])
+    with torch.no_grad():
+        ro.logprobs, _ = policy_forward(actor, ro, 1.0)
+        ro.values = value_forward(critic, ro)
+    ro.returns = torch.randn(B, N, generator=g) * mask
+    ro.advantages = ppo.masked_whiten(torch.randn(B, N, generator=g), mask)
+    return ro
+
+
+def ppo_models() -> tuple[GPT, ScalarHeadModel]:
+    torch.manual_seed(0)
+    actor = GPT(CFG)
+    return actor, ScalarHeadModel.from_lm(actor)
+
+
+PPO_CFG = PPOConfig(iterations=1, batch_size=8, mini_batches=1, ppo_epochs=2, lr=1e-3, critic_lr=1e-3, seed=0)
+
+
+def ppo_scenario(workdir: Path) -> Result:
+    """Two PPO steps (2 epochs of one minibatch) on a fixed rollout of 8, each rank learning on its 8 / W rows."""
+    actor, critic = ppo_models()
+    ro = fixed_rollout(actor, critic)
+    rows = torch.arange(len(ro.prompts))[distributed.shard_slice(len(ro.prompts))]
+    state = make_state(actor, critic, PPO_CFG)
+    stats = learn(state, ro.select(rows), PPO_CFG, lr_frac=1.0)
+    params = {f"actor.{k}": v for k, v in actor.state_dict().items()}
+    return params | {f"critic.{k}": v for k, v in critic.state_dict().items()}, {"stats": stats}
+
+
+def global_stats_scenario(workdir: Path) -> Result:
+    """Whitening, token mean and explained variance of each rank's rows against the single-process numbers."""
+    g = torch.Generator().manual_seed(4)
+    x, v = torch.randn(8, 7, generator=g), torch.randn(8, 7, generator=g)
+    mask = (torch.arange(7) < torch.randint(1, 8, (8, 1), generator=g)).float()
+    part = distributed.shard_slice(8)
+    diff = (distributed.masked_whiten(x[part], mask[part]) - ppo.masked_whiten(x, mask)[part]).abs().max()
+    checks = {
+        "whiten_max_diff": float(diff),
+        "mean_diff": abs(float(distributed.masked_mean(x[part], mask[part]) - ppo.masked_mean(x, mask))),
+        "explained_var_diff": abs(
+            distributed.explained_variance(v[part], x[part], mask[part]) - ppo.explained_variance(v, x, mask)
+        ),
+    }
+    return {}, checks
+
+
+def ppo_loop_scenario(workdir: Path) -> Result:
+    """Two full PPO iterations with sampling, adaptive KL, checkpoints and snapshots: who writes, who agrees."""
+    words = ["yes", "no", "cat", "dog", "red", "blue", "one", "two"]
+    tok = train_tokenizer([" ".join(words)] * 10 + [f"say {w}" for w in words], vocab_size=300)
+    torch.manual_seed(0)
+    actor = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32))
+    critic, ref = ScalarHeadModel.from_lm(actor, head_std=0.0), copy.deepcopy(actor).eval()
+    cfg = PPOConfig(iterations=2, batch_size=4, mini_batches=1, ppo_epochs=1, max_new_tokens=4, adaptive_kl=True)
+    target = tok.encode("yes")[0]
+
+    def score(ro: Rollout) -> torch.Tensor:  # how often the response says "yes"
+        return ((ro.responses == target).float() * ro.mask).sum(1)
+
+    def snapshot(state: PPOState) -> None:
+        (workdir / "snapshots" / str(state.iteration)).mkdir(parents=True)
+
+    state = make_state(actor, critic, cfg)
+    logged, log = _recorder()
+    history = train_ppo(
+        state,
+        ref,
+        score,
+        tok,
+        [f"say {w}" for w in words],
+        cfg,
+        log,
+        workdir / "checkpoint",
+        checkpoint_every=1,
+        monitor=lambda prompts, responses: [float(len(r)) for r in responses],
+        snapshot=snapshot,
+        snapshot_every=1,
+    )
+    params = {f"actor.{k}": v for k, v in actor.state_dict().items()}
+    report = {"logged": logged, "history": history, "kl_coef": state.kl_ctl.value}
+    return params | {f"critic.{k}": v for k, v in critic.state_dict().items()}, report
+
+
+SCENARIOS: dict[str, Callable[[Path], Result]] = {
+    "sft": sft_scenario,
+    "rm": rm_scenario,
+    "ppo": ppo_scenario,
+    "stats": global_stats_scenario,
+    "ppo_loop": ppo_loop_scenario,
+}
+
+
+def run_all(out: Path, names: list[str] | None = None) -> None:
+    """Every scenario on this rank; results beside (never inside) the run directory."""
+    rank = distributed.rank()
+    run_dir = out / f"run{rank}"
+    tensors: dict[str, torch.Tensor] = {}
+    reports: dict[str, Any] = {}
+    for name in names or list(SCENARIOS):
+        params, report = SCENARIOS[name](run_dir / name)
+        tensors |= {f"{name}.{k}": t.detach().contiguous() for k, t in params.items()}
+        reports[name] = report
+    save_file(tensors, str(out / f"rank{rank}.safetensors"))
+    (out / f"rank{rank}.json").write_text(json.dumps(reports))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    distributed.init(torch.device("cpu"))
+    try:
+        run_all(Path(sys.argv[1]))
+    finally:
+        distributed.shutdown()
