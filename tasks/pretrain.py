@@ -42,7 +42,7 @@ def export_hf(params: dict, hf_path: str) -> dict:
             f"model.hf_path = {hf_path}: the tokenizer in {TOKENIZER} has {tok.vocab_size} tokens but the model "
             f"only {model.cfg.vocab_size}; rerun the tokenizer stage with this model.hf_path"
         )
-    with tracking.stage_run("pretrain", {"model": params["model"]}):
+    with launch.stage_run("pretrain", {"model": params["model"]}):
         save_model(path("models/base"), model, path(TOKENIZER), stage="pretrain", steps=0, hf_path=str(hf_path))
         metrics = {"n_params": model.num_params(), "train_tokens": 0, "seconds": time.perf_counter() - t0}
         write_metrics("pretrain", metrics)
