@@ -230,7 +230,7 @@ def pipeline_flow(
                 summary["registered"] = registered = register_models(root, parent.run_id)
                 if registered["new_actor"]:
                     summary["promotion"] = promote_actor(registered["actor"], root, comparator, judge, parent.run_id)
-                timing["pipeline/seconds/register"] = time.perf_counter() - t1
+                timing["pipeline/seconds/register"] = summary["register_seconds"] = time.perf_counter() - t1
         timing["pipeline/seconds/total"] = time.perf_counter() - t0
         parent.log_metrics(timing, step=0)
         summary["seconds"] = timing["pipeline/seconds/total"]
