@@ -18,6 +18,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.conftest import working_root
+
 FIXTURE = Path(__file__).parent / "fixtures" / "params_tiny.yaml"
 LINES = ["how do I boil an egg", "tell me about the river town", "thanks, that helps a lot", "User: Assistant:"]
 
@@ -146,17 +148,10 @@ def root(tmp_path_factory):
     from tasks import prepare, world
     from tasks.common import load_params, section
 
-    root = tmp_path_factory.mktemp("hf_pipeline")
     params = yaml.safe_load(FIXTURE.read_text())
     params["world"].update(n_pref_prompts=24, n_ppo_prompts=16)
     params["ppo"].update(iterations=1)
-    for d in ("data/user", "data/feedback"):
-        (root / d).mkdir(parents=True)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RLHF_ROOT", str(root))
-    mp.setenv("RLHF_PARAMS", str(root / "params.yaml"))
-    mp.setenv("RLHF_TRACKING", "off")
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    root, mp = working_root(tmp_path_factory, "hf_pipeline", yaml.safe_dump(params))
     world.run(section(load_params(), "world", world.WorldConfig))
     prepare.run(section(load_params(), "data", prepare.DataParams))
     texts = [d for d in (root / "data/prepared/corpus.txt").read_text().split("\n\n") if d]

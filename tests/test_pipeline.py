@@ -1,25 +1,19 @@
 """Every stage's real entry point, in order, on tiny params in a temporary working root."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.conftest import working_root
 
 FIXTURE = Path(__file__).parent / "fixtures" / "params_tiny.yaml"
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    shutil.copy(FIXTURE, root / "params.yaml")
-    for d in ("data/user", "data/feedback"):
-        (root / d).mkdir(parents=True)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RLHF_ROOT", str(root))
-    mp.setenv("RLHF_PARAMS", str(root / "params.yaml"))
-    mp.setenv("RLHF_TRACKING", "off")
+    root, mp = working_root(tmp_path_factory, "pipeline", FIXTURE.read_text())
     yield root
     mp.undo()
 
