@@ -105,7 +105,7 @@ def generate(
         next_tok, logp = _sample(logits, cfg, generator)  # (B,), (B,)
         tokens[:, t] = torch.where(alive, next_tok, pad_id)
         mask[:, t] = alive
-        logprobs[:, t] = logp * alive
+        logprobs[:, t] = torch.where(alive, logp, 0.0)
         alive &= next_tok != eos_id
         if t == N - 1 or not alive.any():
             break
@@ -132,9 +132,11 @@ def _sample(
         filtered = filter_logits(scaled, cfg.top_k, cfg.top_p)
         probs = logp_all.exp() if filtered is scaled else filtered.softmax(-1)  # (B, V)
         cdf = probs.cumsum(-1)  # (B, V)
-        u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator) * cdf[:, -1:]  # (B, 1)
+        total = cdf[:, -1:]  # (B, 1), 1 up to rounding
+        u = torch.rand(total.shape, device=cdf.device, generator=generator) * total  # (B, 1)
+        u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # u < total even after rounding
         # right=True: the first index whose cumulative mass exceeds u, so a zero-probability token never wins
-        tok = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
+        tok = torch.searchsorted(cdf, u, right=True).squeeze(1)
     return tok, logp_all.gather(1, tok[:, None]).squeeze(1)
 
 

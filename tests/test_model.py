@@ -119,3 +119,22 @@ def test_scalar_score_ignores_padding(lengths, seed):
     for i, a in enumerate(alone):
         assert abs(float(a) - float(r_right[i])) < 1e-5
         assert abs(float(a) - float(r_left[i])) < 1e-5
+
+
+def test_sampling_never_picks_a_filtered_token():
+    """Inverse-CDF sampling with top-k: only the k most likely ids ever come out, in proportion to their mass."""
+    from rlhf.generate import _sample
+
+    torch.manual_seed(0)
+    logits = torch.randn(4096, 50)
+    cfg = SamplingConfig(temperature=1.0, top_k=3)
+    tok, logp = _sample(logits, cfg, torch.Generator().manual_seed(1))
+    top3 = logits.topk(3, dim=-1).indices
+    assert bool((tok[:, None] == top3).any(1).all())
+    assert torch.allclose(logp, logits.log_softmax(-1).gather(1, tok[:, None]).squeeze(1))
+    # one fixed row, many draws: frequencies follow the renormalised top-3 probabilities
+    row = torch.tensor([[2.0, 1.0, 0.5, -1.0, -3.0]]).expand(20000, 5)
+    tok, _ = _sample(row, cfg, torch.Generator().manual_seed(2))
+    freq = torch.bincount(tok, minlength=5).float() / len(tok)
+    expected = torch.tensor([2.0, 1.0, 0.5]).softmax(-1)
+    assert freq[3:].sum() == 0 and torch.allclose(freq[:3], expected, atol=0.015)
