@@ -17,7 +17,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from common import OUT_DIR, ROOT, machine_info, write_json
@@ -34,14 +33,12 @@ BENCHES = {
 }
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
+def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     summary = [line for line in proc.stdout.splitlines() if line.startswith("SUMMARY")]
     print(f"  {summary[-1] if summary else cmd}", flush=True)
-    return time.perf_counter() - t0
 
 
 def read(name: str, side: str) -> dict[str, float]:

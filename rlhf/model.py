@@ -244,7 +244,7 @@ class ScalarHeadModel(nn.Module):
 
     def score(self, idx: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """idx, attention_mask (B, T) -> (B,) the scalar at each row's last real token (left or right padded)."""
-        values = self(idx, attention_mask if _has_left_pad(attention_mask) else None)  # (B, T)
+        values = self(idx, attention_mask if has_left_pad(attention_mask) else None)  # (B, T)
         return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
 
 
@@ -255,5 +255,6 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(attention_mask.bool(), pos, -1).amax(dim=1).clamp(min=0)
 
 
-def _has_left_pad(attention_mask: torch.Tensor) -> bool:
+def has_left_pad(attention_mask: torch.Tensor) -> bool:
+    """(B, T) mask -> whether any row starts with padding (right padding needs no mask under causal attention)."""
     return bool((attention_mask[:, 0] == 0).any())

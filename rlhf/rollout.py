@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from rlhf.generate import SamplingConfig, generate
-from rlhf.model import GPT, ScalarHeadModel
+from rlhf.model import GPT, ScalarHeadModel, has_left_pad
 from rlhf.ppo import entropy_from_logits, logprobs_from_logits
 from rlhf.tokenizer import ChatTokenizer
 
@@ -50,7 +50,7 @@ class Rollout:
     def model_mask(self) -> torch.Tensor | None:
         """The mask to give a model: None when no prompt is left-padded, as plain causal attention is then exact
         (a valid token never sees a later pad) and takes the fused path; the full mask otherwise."""
-        return self.attention_mask if bool((self.prompt_mask[:, 0] == 0).any()) else None
+        return self.attention_mask if has_left_pad(self.prompt_mask) else None
 
     def select(self, idx: torch.Tensor) -> Rollout:
         """The rows `idx` of every tensor (a minibatch)."""
