@@ -85,13 +85,18 @@ def load_model(path: str | Path, arch: str | None = None) -> torch.nn.Module:
     config = read_config(path)
     if arch is not None and config["arch"] != arch:
         raise ValueError(f"{path}: holds a '{config['arch']}' model, expected '{arch}'")
+    state = load_file(str(path / "model.safetensors"))
     if config.get("backend") == "hf":
         from rlhf.hf import from_checkpoint_config
 
-        model = from_checkpoint_config(config)
-    else:
+        model = from_checkpoint_config(config)  # allocated without a random init
+        model.load_state_dict(state)
+        return model
+    # Built on the meta device and given the file's tensors: no random init of weights about to be replaced
+    # (minutes for a large model) and no draw from the global RNG, so loading never shifts a seeded run.
+    with torch.device("meta"):
         model = ARCHS[config["arch"]](GPTConfig(**config["model"]))
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    model.load_state_dict(state, assign=True)
     return model
 
 

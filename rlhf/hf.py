@@ -236,13 +236,20 @@ def load_pretrained(path: str | Path, block_size: int) -> HFCausalLM:
 def from_checkpoint_config(config: dict[str, Any]) -> nn.Module:
     """An empty model (weights to be loaded) for a checkpoint's config.json with backend "hf"."""
     tf = _transformers()
+    from transformers.initialization import no_init_weights
+
     hf_config = tf.AutoConfig.for_model(**config["hf_config"])
     cfg = HFModelConfig(**config["model"])
-    if config["arch"] == "gpt":
-        return HFCausalLM(tf.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32), cfg)
-    if config["arch"] == "scalar":
-        return HFScalarHeadModel(tf.AutoModel.from_config(hf_config, dtype=torch.float32), cfg)
-    raise ValueError(f"unknown arch '{config['arch']}' for a Hugging Face checkpoint")
+    auto = {"gpt": tf.AutoModelForCausalLM, "scalar": tf.AutoModel}.get(config["arch"])
+    if auto is None:
+        raise ValueError(f"unknown arch '{config['arch']}' for a Hugging Face checkpoint")
+    # Real (uninitialised) tensors, so buffers computed in __init__ (rotary frequencies) stay right, but no random
+    # init of weights the checkpoint replaces. no_init_weights also skips the tying of the LM head to the embedding
+    # that init would do: tie_weights restores it before the state is loaded.
+    with no_init_weights():
+        body = auto.from_config(hf_config, dtype=torch.float32)
+    body.tie_weights()
+    return HFCausalLM(body, cfg) if config["arch"] == "gpt" else HFScalarHeadModel(body, cfg)
 
 
 class HFChatTokenizer(ChatTokenizer):

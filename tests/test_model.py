@@ -138,3 +138,25 @@ def test_sampling_never_picks_a_filtered_token():
     freq = torch.bincount(tok, minlength=5).float() / len(tok)
     expected = torch.tensor([2.0, 1.0, 0.5]).softmax(-1)
     assert freq[3:].sum() == 0 and torch.allclose(freq[:3], expected, atol=0.015)
+
+
+def test_checkpoint_loads_exactly_without_a_random_init(tiny_cfg, tmp_path):
+    """load_model gives back the saved model's outputs, in trainable tensors of its own, and draws nothing from
+    the global RNG (it builds on the meta device): loading a model never shifts a seeded run."""
+    from rlhf.checkpoint import load_model, save_model
+
+    torch.manual_seed(0)
+    idx = torch.randint(0, tiny_cfg.vocab_size, (2, 9))
+    for arch, model in {"gpt": GPT(tiny_cfg), "scalar": ScalarHeadModel(tiny_cfg)}.items():
+        save_model(tmp_path / arch, model)
+        torch.manual_seed(1)
+        loaded = load_model(tmp_path / arch, arch)
+        after_load = torch.rand(4)
+        torch.manual_seed(1)
+        assert torch.equal(after_load, torch.rand(4))
+        assert all(p.device.type == "cpu" and p.requires_grad for p in loaded.parameters())
+        with torch.no_grad():
+            assert torch.equal(loaded(idx), model(idx))
+            loaded.transformer.wte.weight.add_(1.0)  # writable storage of its own: the original is untouched
+            assert not torch.equal(loaded(idx), model(idx))
+            assert torch.equal(load_model(tmp_path / arch, arch)(idx), model(idx))
