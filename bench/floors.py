@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import PEER_SHAPE, machine_info, matmul_gflops, median, set_threads, write_json
+from common import PEER_SHAPE, machine_info, matmul_gflops, matmul_params, median, set_threads, write_json
+
+from rlhf.model import GPT
 
 C, L, NH, V = PEER_SHAPE.n_embd, PEER_SHAPE.n_layer, PEER_SHAPE.n_head, PEER_SHAPE.vocab_size
 HS = C // NH
@@ -86,8 +88,8 @@ def train_floor(batch: int, seq: int, peak: float) -> dict:
     rows = batch * seq
     mm = L * sum(linear_seconds(rows, k, n, True) for k, n in LAYER_LINEARS) + linear_seconds(rows, C, V, True)
     attn = L * attention_seconds(batch, seq)
-    n_matmul = L * sum(k * n for k, n in LAYER_LINEARS) + C * V
-    flops = rows * (6 * n_matmul + 12 * L * C * seq)  # bench/train.py's and the peer's count
+    n_matmul = L * sum(k * n for k, n in LAYER_LINEARS) + C * V  # the weights the timed matmuls multiply by
+    flops = rows * (6 * matmul_params(GPT(PEER_SHAPE)) + 12 * L * C * seq)  # bench/train.py's and the peer's count
     return {
         "matmul_ms": 1e3 * mm,
         "attention_ms": 1e3 * attn,

@@ -244,12 +244,12 @@ def from_checkpoint_config(config: dict[str, Any]) -> nn.Module:
     if auto is None:
         raise ValueError(f"unknown arch '{config['arch']}' for a Hugging Face checkpoint")
     # Real (uninitialised) tensors, so buffers computed in __init__ (rotary frequencies) stay right, but no random
-    # init of weights the checkpoint replaces. no_init_weights also skips the tying of the LM head to the embedding
-    # that init would do: tie_weights restores it before the state is loaded.
+    # init of weights the checkpoint replaces, the scalar head's included. no_init_weights also skips the tying of
+    # the LM head to the embedding that init would do: tie_weights restores it before the state is loaded.
     with no_init_weights():
         body = auto.from_config(hf_config, dtype=torch.float32)
-    body.tie_weights()
-    return HFCausalLM(body, cfg) if config["arch"] == "gpt" else HFScalarHeadModel(body, cfg)
+        body.tie_weights()
+        return HFCausalLM(body, cfg) if config["arch"] == "gpt" else HFScalarHeadModel(body, cfg)
 
 
 class HFChatTokenizer(ChatTokenizer):

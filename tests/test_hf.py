@@ -117,11 +117,10 @@ def test_checkpoints_round_trip_as_safetensors_and_json(tmp_path, hf_dir):
         assert isinstance(load_model(d, arch), cls)
         assert isinstance(ChatTokenizer.load(d), ChatTokenizer)
     torch.manual_seed(1)
-    lm2 = load_model(tmp_path / "lm", "gpt")
+    lm2, rm2 = load_model(tmp_path / "lm", "gpt"), load_model(tmp_path / "rm", "scalar")
     after_load = torch.rand(4)
     torch.manual_seed(1)
     assert torch.equal(after_load, torch.rand(4))  # no random init of the weights the checkpoint replaces
-    rm2 = load_model(tmp_path / "rm", "scalar")
     assert lm2.lm.lm_head.weight is lm2.lm.get_input_embeddings().weight  # the tie survives the round trip
     with torch.no_grad():
         torch.testing.assert_close(lm2(idx), lm(idx))
