@@ -12,8 +12,8 @@ oracles that see the gold rubric's terms:
 - `no_facts`: every term a reader who does not know the world's facts could still judge: all style terms, the
   labeler's length taste, and whether the response gives an answer of the right kind at all. A right and a wrong
   answer of the right kind get the same content value (and no grounding, which only a right answer earns); the
-  column is the best over the values that content could take (-1.5 ... 2.0), so it bounds what any reward model
-  that cannot tell right facts from wrong can reach.
+  column is the best over the values that content could take (-1.5 ... 2.0): what a judge that cannot tell a
+  right answer from a wrong one reaches at best, however well it judges the rest.
 - `style`: every term but content and grounding, plus the length taste; `content`: content + grounding only.
 - `sft_loglik`: no oracle but a feature the SFT model has: the response with the higher mean token log-probability
   under `--sft` wins. It is what the policy "knows" about an answer; near 0.5 means it knows little.
