@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 
 import torch
 import torch.nn.functional as F
-from common import PEER_SHAPE, median, set_threads
+from common import PEER_SHAPE, seconds_per_call, set_threads
 
 from rlhf.generate import SamplingConfig, _sample, generate
 from rlhf.lm_train import lm_loss, make_optimizer
@@ -33,22 +32,13 @@ HS = C // NH
 
 
 def ms(fn, runs: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * median(times)
+    """Median milliseconds of single calls (fn is a whole loop)."""
+    return 1e3 * seconds_per_call(fn, target_s=0.0, runs=runs)
 
 
-def us(fn, iters: int = 500) -> float:
-    for _ in range(20):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    return 1e6 * (time.perf_counter() - t0) / iters
+def us(fn) -> float:
+    """Microseconds per call of a small kernel."""
+    return 1e6 * seconds_per_call(fn, warmup=20)
 
 
 def functional_step(model: GPT, tok: torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
@@ -143,8 +133,8 @@ def train_step_ms(autocast_bf16: bool) -> float:
 
 def bf16() -> None:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    fp32 = 2 * 1024**3 / us(functools.partial(torch.mm, a, b), 50) / 1e3
-    bf = 2 * 1024**3 / us(functools.partial(torch.mm, a.bfloat16(), b.bfloat16()), 50) / 1e3
+    fp32 = 2 * 1024**3 / us(functools.partial(torch.mm, a, b)) / 1e3
+    bf = 2 * 1024**3 / us(functools.partial(torch.mm, a.bfloat16(), b.bfloat16())) / 1e3
     print(
         f"4. 1024³ matmul: fp32 {fp32:.0f}, bf16 {bf:.0f} GFLOP/s; training step B 32 x 128: fp32 "
         f"{train_step_ms(False):.0f} ms, bf16 autocast {train_step_ms(True):.0f} ms"

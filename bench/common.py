@@ -41,21 +41,27 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def matmul_gflops(n: int = 1024, runs: int = 7, target_s: float = 0.4) -> float:
-    """Median fp32 GFLOP/s of torch.mm on n×n matrices: the ceiling MFU is measured against (as the peer's)."""
-    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-    for _ in range(3):
-        torch.mm(a, b, out=c)
+def seconds_per_call(fn, target_s: float = 0.25, runs: int = 5, warmup: int = 1) -> float:
+    """Median seconds per call of fn(): `warmup` calls, one to size a run at about target_s, then `runs` runs."""
+    for _ in range(warmup):
+        fn()
     t0 = time.perf_counter()
-    torch.mm(a, b, out=c)
-    iters = max(1, int(target_s / max(time.perf_counter() - t0, 1e-6)))
-    rates = []
+    fn()
+    iters = max(1, int(target_s / max(time.perf_counter() - t0, 1e-7)))
+    per_call = []
     for _ in range(runs):
         t0 = time.perf_counter()
         for _ in range(iters):
-            torch.mm(a, b, out=c)
-        rates.append(2.0 * n**3 * iters / (time.perf_counter() - t0) / 1e9)
-    return median(rates)
+            fn()
+        per_call.append((time.perf_counter() - t0) / iters)
+    return median(per_call)
+
+
+def matmul_gflops(n: int = 1024, runs: int = 7, target_s: float = 0.4) -> float:
+    """Median fp32 GFLOP/s of torch.mm on n×n matrices: the ceiling MFU is measured against (as the peer's)."""
+    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    # runs is odd, so the median rate is the rate of the median time
+    return 2.0 * n**3 / seconds_per_call(lambda: torch.mm(a, b, out=c), target_s, runs, warmup=3) / 1e9
 
 
 def matmul_params(model: torch.nn.Module) -> int:

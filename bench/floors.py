@@ -21,12 +21,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import PEER_SHAPE, machine_info, matmul_gflops, matmul_params, median, set_threads, write_json
+from common import (
+    PEER_SHAPE,
+    machine_info,
+    matmul_gflops,
+    matmul_params,
+    median,
+    seconds_per_call,
+    set_threads,
+    write_json,
+)
 
 from rlhf.model import GPT
 
@@ -35,28 +43,13 @@ HS = C // NH
 LAYER_LINEARS = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)]  # (in, out): qkv, attention proj, fc, fc proj
 
 
-def seconds(fn, target_s: float = 0.25, runs: int = 5) -> float:
-    """Median seconds per call of fn()."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    iters = max(1, int(target_s / max(time.perf_counter() - t0, 1e-7)))
-    out = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        out.append((time.perf_counter() - t0) / iters)
-    return median(out)
-
-
 def linear_seconds(rows: int, k: int, n: int, backward: bool) -> float:
     """x (rows, k) @ W (k, n); with backward also dX = dY @ Wᵀ and dW = xᵀ @ dY."""
     x, w, dy = torch.randn(rows, k), torch.randn(k, n), torch.randn(rows, n)
-    t = seconds(lambda: torch.mm(x, w))
+    t = seconds_per_call(lambda: torch.mm(x, w))
     if backward:
         wt, xt = w.t().contiguous(), x.t().contiguous()
-        t += seconds(lambda: torch.mm(dy, wt)) + seconds(lambda: torch.mm(xt, dy))
+        t += seconds_per_call(lambda: torch.mm(dy, wt)) + seconds_per_call(lambda: torch.mm(xt, dy))
     return t
 
 
@@ -68,7 +61,7 @@ def attention_seconds(batch: int, seq: int) -> float:
     def step() -> None:
         F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(grad)
 
-    return seconds(step)
+    return seconds_per_call(step)
 
 
 @torch.inference_mode()
@@ -78,7 +71,7 @@ def decode_attention_seconds(batch: int, lengths: range) -> float:
     cache_v = torch.randn(batch, NH, lengths.stop, HS)
     q = torch.randn(batch, NH, 1, HS)
     times = [
-        seconds(lambda s=s: F.scaled_dot_product_attention(q, cache_k[:, :, :s], cache_v[:, :, :s]), 0.05, 3)
+        seconds_per_call(lambda s=s: F.scaled_dot_product_attention(q, cache_k[:, :, :s], cache_v[:, :, :s]), 0.05, 3)
         for s in lengths
     ]
     return sum(times) / len(times)

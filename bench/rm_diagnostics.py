@@ -37,6 +37,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from rlhf.checkpoint import load_model  # noqa: E402
+from rlhf.ppo import logprobs_from_logits  # noqa: E402
 from rlhf.reward import encode_pairs, margins, pair_batch  # noqa: E402
 from rlhf.tokenizer import ChatTokenizer  # noqa: E402
 from rlhf.world.families import FAMILIES, parse_prompt  # noqa: E402
@@ -52,7 +53,7 @@ def mean_logprob(sft: torch.nn.Module, prompt_lens: list[int], seqs: list[list[i
     for i in range(0, len(seqs), 128):
         chunk = seqs[i : i + 128]
         ids, _ = pair_batch(chunk, [], pad_id)
-        logp = torch.log_softmax(sft(ids)[:, :-1].float(), -1).gather(2, ids[:, 1:, None]).squeeze(2)  # (B, T-1)
+        logp = logprobs_from_logits(sft(ids)[:, :-1].float(), ids[:, 1:])  # (B, T-1)
         out += [logp[j, prompt_lens[i + j] - 1 : len(s) - 1].mean().item() for j, s in enumerate(chunk)]
     return np.array(out)
 

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from rlhf.model import last_token_index, positions_from_mask
+from rlhf.model import check_context, default_positions, last_token_index
 from rlhf.tokenizer import ChatTokenizer
 
 PARAMS_KEY = "model.hf_path"
@@ -126,9 +126,7 @@ class HFCache:
 def _positions(idx: torch.Tensor, attention_mask: torch.Tensor | None, past: int) -> torch.Tensor:
     """Position ids (B, T) that follow the mask (left padding does not shift them), as rlhf.model does; HF's
     own default counts pads, which would give a left-padded row other positions than it has alone."""
-    if attention_mask is not None:
-        return positions_from_mask(attention_mask)[:, past:]
-    return torch.arange(past, past + idx.shape[1], device=idx.device)[None].expand(idx.shape[0], -1)
+    return default_positions(idx, attention_mask, past).expand(idx.shape[0], -1)
 
 
 class HFCausalLM(nn.Module):
@@ -149,8 +147,7 @@ class HFCausalLM(nn.Module):
     ) -> torch.Tensor:
         """idx (B, T) -> logits (B, T, V), or (B, last, V); attention_mask (B, S) covers the cache too."""
         past = cache.length if cache is not None else 0
-        if past + idx.shape[1] > self.cfg.block_size:
-            raise ValueError(f"sequence of {past + idx.shape[1]} tokens exceeds the context of {self.cfg.block_size}")
+        check_context(past + idx.shape[1], self.cfg.block_size)
         if position_ids is None:
             position_ids = _positions(idx, attention_mask, past)
         out = self.lm(
@@ -200,8 +197,7 @@ class HFScalarHeadModel(nn.Module):
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx (B, T) -> one scalar per position (B, T)."""
-        if idx.shape[1] > self.cfg.block_size:
-            raise ValueError(f"sequence of {idx.shape[1]} tokens exceeds the context of {self.cfg.block_size}")
+        check_context(idx.shape[1], self.cfg.block_size)
         if position_ids is None:
             position_ids = _positions(idx, attention_mask, 0)
         hidden = self.body(input_ids=idx, attention_mask=attention_mask, position_ids=position_ids)

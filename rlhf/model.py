@@ -126,6 +126,20 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def default_positions(idx: torch.Tensor, attention_mask: torch.Tensor | None, past: int) -> torch.Tensor:
+    """Position ids of idx (B, T) after `past` cached positions: the mask's running count (B, T), so left padding
+    does not shift them, or past..past+T-1 (1, T) without a mask."""
+    if attention_mask is not None:
+        return positions_from_mask(attention_mask)[:, past:]
+    return torch.arange(past, past + idx.shape[1], device=idx.device)[None]
+
+
+def check_context(length: int, block_size: int) -> None:
+    """The error for a sequence longer than the model's context (the built-in GPT and the HF adapters alike)."""
+    if length > block_size:
+        raise ValueError(f"sequence of {length} tokens exceeds the context of {block_size}")
+
+
 class Transformer(nn.Module):
     """The body shared by every head: embeddings, blocks, final LayerNorm."""
 
@@ -152,13 +166,9 @@ class Transformer(nn.Module):
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
-        if past + T > self.cfg.block_size:
-            raise ValueError(f"sequence of {past + T} tokens exceeds the context of {self.cfg.block_size}")
+        check_context(past + T, self.cfg.block_size)
         if position_ids is None:
-            if attention_mask is not None:
-                position_ids = positions_from_mask(attention_mask)[:, past:]
-            else:
-                position_ids = torch.arange(past, past + T, device=idx.device)[None]
+            position_ids = default_positions(idx, attention_mask, past)
         mask = None
         if attention_mask is not None:
             mask = attention_bias(attention_mask, T)
