@@ -4,7 +4,9 @@ A policy is sampled on evaluation prompts (n samples per prompt, the same decodi
 is judged, and two policies are compared sample by sample: win = 1, tie = ½, loss = 0, with a bootstrap CI that
 resamples prompts (rlhf.stats.win_rate). KL of a policy from the reference is measured on its own samples:
 the sum over response tokens of log π(y_t) − log π_ref(y_t), averaged over responses (the k1 estimate of
-KL(π || π_ref) per response, the quantity PPO's penalty controls).
+KL(π || π_ref) per response). Both sides are read at the sampling temperature, so it is a KL estimate of the two
+*tempered* policies; the quantity PPO's penalty controls is the one at temperature 1 (PPO's rollouts), which
+evaluation measures on samples of its own at temperature 1 (`tasks/evaluate.py`). Greedy decoding gives no KL.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def sample_policy(
     ref: GPT | None = None,
     batch_size: int = 128,
 ) -> PolicySamples:
-    """Sample n_samples responses per prompt (seeded); with `ref`, also each response's KL from it."""
+    """Sample n_samples responses per prompt (seeded); with `ref` and a temperature above 0, also each response's
+    KL from it at that temperature (a greedy policy has no log-probs to estimate a KL with)."""
     flat = [p for p in prompts for _ in range(n_samples)]
     flat_ids = [i for i in prompt_ids for _ in range(n_samples)]
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)  # sampling draws on its device
@@ -57,10 +60,9 @@ def sample_policy(
         ro = sample_rollout(model, tok, flat[start : start + batch_size], sampling, gen)
         texts += ro.texts(tok)
         lengths.append(ro.mask.sum(1).cpu())
-        if ref is not None:
-            temperature = sampling.temperature or 1.0
-            logp, _ = policy_forward(model, ro, temperature)
-            ref_logp, _ = policy_forward(ref, ro, temperature)
+        if ref is not None and sampling.temperature > 0:
+            logp, _ = policy_forward(model, ro, sampling.temperature)
+            ref_logp, _ = policy_forward(ref, ro, sampling.temperature)
             kls.append(((logp - ref_logp) * ro.mask).sum(1).cpu())
     return PolicySamples(
         flat,

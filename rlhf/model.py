@@ -258,6 +258,31 @@ class ScalarHeadModel(nn.Module):
         return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
 
 
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Zero every dropout of `model` in place (its nn.Dropout modules and the attention's own rate) and return it.
+
+    PPO and DPO run without dropout whatever the checkpoint says: with dropout the rollout's log-probs (eval mode)
+    and the first minibatch's (train mode) differ, so the ratio is not 1 at the first step (TRL's
+    `disable_dropout`). Works on the built-in GPT and on Hugging Face modules alike."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        elif isinstance(m, CausalSelfAttention):
+            m.dropout = 0.0
+    return model
+
+
+def normalise_head(model: nn.Module, mean: float, std: float) -> nn.Module:
+    """Fold (v − mean) / std into a scalar head in place: w ← w / std, b ← (b − mean) / std, and return the model.
+
+    A critic copied from the reward model then starts in the units of PPO's normalised reward: its value at the
+    last token is the normalised score instead of a raw one a whole `mean` away (ScalarHeadModel or HF's)."""
+    with torch.no_grad():
+        model.head.weight.div_(std)
+        model.head.bias.sub_(mean).div_(std)
+    return model
+
+
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) mask -> (B,) index of the last position whose mask is 1."""
     T = attention_mask.shape[1]

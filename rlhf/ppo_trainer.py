@@ -32,7 +32,7 @@ import torch
 from rlhf import distributed
 from rlhf.device import CPU, Runtime
 from rlhf.generate import SamplingConfig
-from rlhf.model import GPT, ScalarHeadModel
+from rlhf.model import GPT, ScalarHeadModel, disable_dropout
 from rlhf.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -99,10 +99,32 @@ class PPOConfig:
     """prompt order and sampling"""
 
     def __post_init__(self) -> None:
-        if self.batch_size % self.mini_batches:
-            raise ValueError(f"ppo.batch_size {self.batch_size} is not divisible by mini_batches {self.mini_batches}")
+        if self.temperature <= 0:
+            # Greedy rollouts have no log-probs to take a ratio of: logits / 0 makes every loss NaN.
+            raise ValueError(f"ppo.temperature must be above 0 (sampling), got {self.temperature}")
+        check_batch_sizes(self)
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"ppo.kl_estimator must be 'k1' or 'k3', got '{self.kl_estimator}'")
+
+
+def check_batch_sizes(cfg: PPOConfig, n_prompts: int | None = None, world_size: int = 1) -> None:
+    """Fail loudly, with the numbers, where a batch would silently shrink or split unevenly (lm-human's
+    `exact_div`): more rollouts than prompts, a batch that the processes or the minibatches do not divide."""
+    if cfg.batch_size < 1 or cfg.mini_batches < 1:
+        raise ValueError(f"ppo.batch_size ({cfg.batch_size}) and ppo.mini_batches ({cfg.mini_batches}) must be >= 1")
+    if n_prompts is not None and n_prompts < cfg.batch_size:
+        raise ValueError(
+            f"ppo.batch_size {cfg.batch_size} needs at least that many PPO prompts, but there are {n_prompts}: "
+            "lower batch_size or add prompts"
+        )
+    if cfg.batch_size % world_size:
+        raise ValueError(f"ppo.batch_size {cfg.batch_size} does not split evenly over {world_size} processes")
+    local = cfg.batch_size // world_size
+    if local % cfg.mini_batches:
+        raise ValueError(
+            f"ppo.batch_size {cfg.batch_size} over {world_size} process(es) is {local} rollouts each, which "
+            f"mini_batches {cfg.mini_batches} does not divide: make batch_size a multiple of both"
+        )
 
 
 @dataclass
@@ -124,14 +146,11 @@ class PPOState:
 
 
 def make_state(actor: GPT, critic: ScalarHeadModel, cfg: PPOConfig, runtime: Runtime = CPU) -> PPOState:
-    """Optimizer and KL controller for actor and critic (on their device); DDP wrappers when distributed."""
-    distributed.shard_slice(cfg.batch_size)  # raises unless the batch splits evenly over the ranks
-    local = cfg.batch_size // distributed.world_size()
-    if local % cfg.mini_batches:
-        raise ValueError(
-            f"ppo.batch_size {cfg.batch_size} over {distributed.world_size()} processes is {local} rollouts each, "
-            f"which mini_batches {cfg.mini_batches} does not divide: make batch_size a multiple of both"
-        )
+    """Optimizer and KL controller for actor and critic (on their device); DDP wrappers when distributed.
+    Dropout is switched off in both, whatever their checkpoints say (see `disable_dropout`)."""
+    check_batch_sizes(cfg, world_size=distributed.world_size())
+    disable_dropout(actor)
+    disable_dropout(critic)
     groups = [
         {"params": list(actor.parameters()), "lr": cfg.lr, "initial_lr": cfg.lr},
         {"params": list(critic.parameters()), "lr": cfg.critic_lr, "initial_lr": cfg.critic_lr},
@@ -189,7 +208,7 @@ def make_experience(
         ro.logprobs, _ = policy_forward(state.actor, ro, cfg.temperature)
         with torch.inference_mode():
             ref_logprobs, _ = policy_forward(ref, ro, cfg.temperature)
-        ro.values = value_forward(state.critic, ro)
+        ro.values = value_forward(state.critic.eval(), ro)  # learn() puts it back in train mode
     ro.ref_logprobs = ref_logprobs.clone()
     timings["time/score_and_forward"] = time.perf_counter() - t
     # 3. augmented rewards R_aug(t) = -β·KL(t) + score on the last valid token (spec section 8)
@@ -212,6 +231,30 @@ def make_experience(
         **timings,
     }
     return ro, distributed.all_reduce_mean(stats)
+
+
+@torch.no_grad()
+def reward_statistics(
+    actor: GPT, score_fn: ScoreFn, tok: ChatTokenizer, prompts: list[str], cfg: PPOConfig, runtime: Runtime = CPU
+) -> tuple[float, float]:
+    """Mean and std of the reward source's raw score on rollouts of the starting policy, for the spec's reward
+    scaling. Sampled and scored exactly as PPO's rollouts are (same temperature, length, EOS handling and
+    `score_fn` on raw ids), so the normalised reward has mean 0 and std 1 where PPO starts. Under torchrun each
+    rank scores its share of `prompts` and the sums are reduced."""
+    device = next(actor.parameters()).device
+    gen = _generator(distributed.rank_seed(cfg.seed), -(10**6), device)
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    mine = prompts[distributed.split_slice(len(prompts))]  # uneven shares are fine: sums are reduced
+    scores = [torch.zeros(0, dtype=torch.float64)]
+    for start in range(0, len(mine), cfg.batch_size):
+        with runtime.autocast():
+            ro = sample_rollout(actor, tok, mine[start : start + cfg.batch_size], sampling, gen)
+            scores.append(score_fn(ro).double().cpu())
+    s = torch.cat(scores)
+    n, total, squares = distributed.all_reduce_sum(torch.stack([torch.tensor(float(len(s))), s.sum(), (s * s).sum()]))
+    mean = float(total / n)
+    std = math.sqrt(max(float(squares / n) - mean * mean, 0.0))
+    return mean, (std if std > 1e-8 else 1.0)
 
 
 def learn(state: PPOState, ro: Rollout, cfg: PPOConfig, lr_frac: float) -> dict[str, float]:

@@ -97,6 +97,12 @@ def pair_batch(chosen: list[list[int]], rejected: list[list[int]], pad_id: int) 
     return ids, mask
 
 
+def pair_wins(m: torch.Tensor) -> torch.Tensor:
+    """Margins r_chosen − r_rejected (N,) -> 1 for a correct order, ½ for a tie, 0 otherwise (N,): the count of
+    `rlhf.stats.pairwise_accuracy`, so training, validation and the final metric agree."""
+    return (m > 0).float() + 0.5 * (m == 0).float()
+
+
 def pair_scores(model: torch.nn.Module, chosen, rejected, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass over both sides -> r_chosen (B,), r_rejected (B,).
 
@@ -129,13 +135,13 @@ def evaluate_pairs(model: ScalarHeadModel, pairs: Pairs, pad_id: int, runtime: R
     if distributed.is_distributed():
         part = distributed.split_slice(len(pairs))
         m = margins(model, Pairs(pairs.chosen[part], pairs.rejected[part]), pad_id, runtime=runtime)
-        sums = torch.stack([-F.logsigmoid(m).sum(), (m > 0).sum(), m.sum(), torch.tensor(len(m))])
+        sums = torch.stack([-F.logsigmoid(m).sum(), pair_wins(m).sum(), m.sum(), torch.tensor(len(m))])
         loss, correct, margin, n = distributed.all_reduce_sum(sums.double()).tolist()
         return {"loss": loss / n, "accuracy": correct / n, "margin": margin / n}
     m = margins(model, pairs, pad_id, runtime=runtime)
     return {
         "loss": float(-F.logsigmoid(m).mean()),
-        "accuracy": float((m > 0).float().mean()),
+        "accuracy": float(pair_wins(m).mean()),
         "margin": float(m.mean()),
     }
 
@@ -176,7 +182,7 @@ def train_reward_model(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        metrics = {"rm/loss": loss.item(), "rm/train_accuracy": float((rc > rr).float().mean())}
+        metrics = {"rm/loss": loss.item(), "rm/train_accuracy": float(pair_wins(rc - rr).mean())}
         metrics = distributed.all_reduce_mean(metrics)  # equal shares: the mean over ranks is the batch's
         if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
             ev = evaluate_pairs(model, val, pad_id, runtime)

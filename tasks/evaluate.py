@@ -63,10 +63,23 @@ def judges_for(params: dict, tok: ChatTokenizer) -> dict:
     return {"rm": rm, **({"gold": load_judge(spec)} if spec != "none" else {})}
 
 
+# KL is reported at temperature 1: the policies as PPO trained them and as its penalty measured them (spec
+# section 8). The evaluation temperature sharpens both policies, which changes their KL (6.25 against 5.41 nats on
+# one run), so that figure is reported beside it as `kl_eval_temperature`, never in its place.
+KL_TEMPERATURE = 1.0
+
+
+def kl_at_temperature_one(model, tok, ref, prompts, ids, cfg: EvalParams) -> float:
+    """Mean KL per response of `model` from `ref` on samples of its own at temperature 1 (one per prompt)."""
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=KL_TEMPERATURE)
+    return float(sample_policy(model, tok, prompts, ids, sampling, 1, cfg.seed + 1, ref).kl.mean())
+
+
 def overoptimization(cfg: EvalParams, tok, ref, judges, prompts, ids) -> list[dict]:
-    """Gold and RM score vs sqrt(KL) of each PPO snapshot, each relative to the first (the SFT start)."""
+    """Gold and RM score vs sqrt(KL) of each PPO snapshot, each relative to the first (the SFT start). Sampled at
+    temperature 1, as PPO trained them, so the x-axis is the KL the penalty controlled (Gao et al.'s curve)."""
     snaps = sorted(path("models/ppo/snapshots").glob("iter_*")) if cfg.curve_prompts else []
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=KL_TEMPERATURE)
     rows = []
     for snap in snaps:
         s = sample_policy(
@@ -96,10 +109,12 @@ def overoptimization(cfg: EvalParams, tok, ref, judges, prompts, ids) -> list[di
     return rows
 
 
-def summary(cand: PolicySamples, base: PolicySamples, results: dict) -> dict:
-    """metrics/eval.json in the shape dashboards rely on."""
+def summary(cand: PolicySamples, base: PolicySamples, results: dict, kl: float) -> dict:
+    """metrics/eval.json in the shape dashboards rely on; `kl` is the candidate's KL at temperature 1."""
     out = {name: {k: r[k] for k in ("win_rate", "ci_low", "ci_high", "n")} for name, r in results.items()}
-    out["kl"] = float(cand.kl.mean())
+    out["kl"] = kl
+    if cand.kl is not None:  # None under greedy decoding
+        out["kl_eval_temperature"] = float(cand.kl.mean())
     out["length"] = {"candidate": float(cand.lengths.mean()), "baseline": float(base.lengths.mean())}
     out["scores"] = {
         name: {"candidate": float(cand.scores[name].mean()), "baseline": float(base.scores[name].mean())}
@@ -124,13 +139,14 @@ def run(params: dict, candidate: str | None = None, baseline: str | None = None,
     with tracking.stage_run("evaluate", {"evaluate": params["evaluate"]}) as tr:
         policies = {}
         for name, d in (("candidate", cand_dir), ("baseline", base_dir)):
-            policies[name] = sample_policy(
-                load_model(d, "gpt"), tok, prompts, ids, sampling, cfg.n_samples, cfg.seed, ref
-            )
+            model = load_model(d, "gpt")
+            policies[name] = sample_policy(model, tok, prompts, ids, sampling, cfg.n_samples, cfg.seed, ref)
             judge_samples(policies[name], judges)
+            if name == "candidate":
+                kl = kl_at_temperature_one(model, tok, ref, prompts, ids, cfg)
         cand, base = policies["candidate"], policies["baseline"]
         results = {j: compare(cand, base, j, families, cfg.n_boot, cfg.seed) for j in judges}
-        metrics = summary(cand, base, results)
+        metrics = summary(cand, base, results, kl)
         curve = overoptimization(cfg, tok, ref, judges, prompts, ids) if default_run else []
         if curve:
             write_csv(path("plots/overoptimization.csv"), curve)

@@ -47,10 +47,15 @@ def plot_calibration(table: list[dict], out: Path) -> None:
 
 
 def plot_curves(history: list[dict], keys: list[tuple[str, str]], out: Path, title: str) -> None:
-    """One panel per (metric key, label) against the iteration."""
+    """One panel per (metric key, label) against the iteration, in a grid of at most three columns (a single
+    row of six panels is too wide to read at normal size)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
-    for ax, (key, label) in zip(axes[0], keys, strict=True):
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    for ax, (key, label) in zip(axes.flat, keys, strict=False):
         pts = [(h["iteration"], h[key]) for h in history if key in h]
         ax.plot([p[0] for p in pts], [p[1] for p in pts])
         ax.set_xlabel("PPO iteration")
@@ -63,8 +68,10 @@ def plot_curves(history: list[dict], keys: list[tuple[str, str]], out: Path, tit
 
 
 def plot_overoptimization(rows: list[dict], out: Path) -> None:
-    """Gold and reward-model scores against sqrt(KL) from the reference (Gao et al. 2022)."""
+    """Gold and reward-model scores against sqrt(KL) from the reference (Gao et al. 2022), joined in order of KL:
+    a snapshot's KL need not grow with its iteration, and a line drawn in iteration order then doubles back."""
     plt = _pyplot()
+    rows = sorted(rows, key=lambda r: r["sqrt_kl"])
     fig, ax = plt.subplots(figsize=(5.5, 4))
     x = [r["sqrt_kl"] for r in rows]
     ax.plot(x, [r["rm_score"] for r in rows], "o-", label="reward model (proxy)")

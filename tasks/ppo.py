@@ -1,7 +1,9 @@
 """Stage `ppo`: align the SFT model against the reward model with PPO (rlhf.ppo_trainer), then measure it.
 
-The reward source is the trained reward model (normalised by the mean/std saved with it) or, with `ppo.reward`
-set to an import path "module:function", any judge of (prompts, responses) — the same interface evaluation uses.
+The reward source is the trained reward model or, with `ppo.reward` set to an import path "module:function", any
+judge of (prompts, responses) — the same interface evaluation uses. Either is normalised (the spec's reward
+scaling) by the mean and std of its scores on the SFT policy's own rollouts of the probe prompts, measured at the
+start through the very code that scores PPO's rollouts (`rlhf.ppo_trainer.reward_statistics`).
 The gold judge is watched during training for monitoring only; it never enters the loss. Actor snapshots saved
 along training feed the evaluation's over-optimisation curve.
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,9 +31,9 @@ from rlhf.evaluation import judge_samples, sample_policy
 from rlhf.generate import SamplingConfig
 from rlhf.io import atomic_dir
 from rlhf.judges import RewardModelJudge, check_scores, load_judge
-from rlhf.model import GPT, ScalarHeadModel
+from rlhf.model import GPT, ScalarHeadModel, normalise_head
 from rlhf.ppo_run import train_ppo
-from rlhf.ppo_trainer import PPOConfig, PPOState, make_state
+from rlhf.ppo_trainer import PPOConfig, PPOState, ScoreFn, check_batch_sizes, make_state, reward_statistics
 from rlhf.rollout import Rollout, reward_model_scores
 from rlhf.tokenizer import ChatTokenizer
 from tasks import launch, tracking
@@ -51,20 +54,39 @@ class PPOParams(PPOConfig):
     snapshot_every: int = 10
     """iterations between actor snapshots for the over-optimisation curve (0: none)"""
     probe_prompts: int = 128
-    """PPO prompts on which the SFT start and the final actor are measured (RM, gold, KL)"""
+    """PPO prompts on which the reward is normalised and the SFT start and the final actor are measured"""
 
 
-def score_fn_for(spec: str, rm: ScalarHeadModel, rm_cfg: dict, tok: ChatTokenizer):
-    """The reward source as a function of a rollout -> raw score (B,)."""
+def raw_score_fn(spec: str, rm: ScalarHeadModel, tok: ChatTokenizer) -> ScoreFn:
+    """The reward source as a function of a rollout -> raw score (B,), before PPO's normalisation."""
     if spec == "reward_model":
-        mean, std = rm_cfg.get("reward_mean", 0.0), rm_cfg.get("reward_std", 1.0)
-        return lambda ro: (reward_model_scores(rm, ro) - mean) / std
+        return lambda ro: reward_model_scores(rm, ro)
     judge = load_judge(spec)
 
     def score(ro: Rollout) -> torch.Tensor:
         return torch.tensor(check_scores(spec, judge(ro.prompts, ro.texts(tok)), len(ro.prompts)))
 
     return score
+
+
+def normalised(score_fn: ScoreFn, mean: float, std: float) -> ScoreFn:
+    return lambda ro: (score_fn(ro) - mean) / std
+
+
+def make_critic(cfg: PPOParams, actor: GPT, rm: ScalarHeadModel, mean: float, std: float) -> ScalarHeadModel:
+    """The critic: the reward model with PPO's normalisation folded into its head, so that its first values are
+    in the reward's units (TRL starts from the raw RM and pays for it with a first iteration of large value
+    losses); with a judge as the reward the RM's head knows nothing of the judge's scale, so it starts at zero.
+    With critic_init "sft": the SFT body with a zero head (the spec's choice)."""
+    if cfg.critic_init == "sft":
+        return ScalarHeadModel.from_lm(actor, head_std=0.0)
+    critic = copy.deepcopy(rm).train().requires_grad_(True)
+    if cfg.reward == "reward_model":
+        return normalise_head(critic, mean, std)
+    with torch.no_grad():
+        critic.head.weight.zero_()
+        critic.head.bias.zero_()
+    return critic
 
 
 def probe(actor, ref, tok, prompts, cfg: PPOParams, judges, rt: Runtime) -> dict[str, float]:
@@ -80,33 +102,37 @@ def probe(actor, ref, tok, prompts, cfg: PPOParams, judges, rt: Runtime) -> dict
     }
 
 
-def load_models(cfg: PPOParams, rt: Runtime) -> tuple[GPT, ScalarHeadModel, GPT, ScalarHeadModel]:
-    """Actor and critic (learning), reference and reward model (frozen), on the runtime's device."""
+def load_models(rt: Runtime) -> tuple[GPT, GPT, ScalarHeadModel]:
+    """Actor (learning), reference and reward model (frozen), on the runtime's device."""
     actor = load_model(path("models/sft"), "gpt").to(rt.device)
     ref = freeze(load_model(path("models/sft"), "gpt").to(rt.device))
-    rm = load_model(path("models/reward_model"), "scalar").to(rt.device).eval()
-    # The critic copies the reward model before it is frozen: the copy trains.
-    if cfg.critic_init == "reward_model":
-        critic = copy.deepcopy(rm)
-    else:
-        critic = ScalarHeadModel.from_lm(actor, head_std=0.0).to(rt.device)
-    return actor, critic, ref, freeze(rm)
+    rm = freeze(load_model(path("models/reward_model"), "scalar").to(rt.device).eval())
+    return actor, ref, rm
 
 
 def run(params: dict) -> dict:
     cfg = build_dataclass(PPOParams, params["ppo"], "params.yaml:ppo")
     core = PPOConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PPOConfig)})
-    tok = ChatTokenizer.load(path("models/sft"))
     prompts = read_prompts(path("data/prepared/prompts_ppo.jsonl"))["prompt"].tolist()
+    # Before any model loads: a batch the prompts or the processes cannot fill evenly is an error now.
+    check_batch_sizes(core, len(prompts), int(os.environ.get("WORLD_SIZE", "1")))
+    tok = ChatTokenizer.load(path("models/sft"))
     spec = params.get("judge", {}).get("gold", "none")
     gold = load_judge(spec) if spec != "none" else None
     logged = {"ppo": params["ppo"], "runtime": params.get("runtime", {})}
     with launch.session(params) as rt:
-        actor, critic, ref, rm = load_models(cfg, rt)
-        rm_cfg = read_config(path("models/reward_model"))
-        rm_judge = RewardModelJudge(rm, tok, rm_cfg.get("reward_mean", 0.0), rm_cfg.get("reward_std", 1.0))
-        judges = {"rm": rm_judge, **({"gold": gold} if gold else {})}
+        actor, ref, rm = load_models(rt)
         probe_set = prompts[: cfg.probe_prompts]
+        raw_fn = raw_score_fn(cfg.reward, rm, tok)
+        mean, std = reward_statistics(actor, raw_fn, tok, probe_set, core, rt)
+        critic = make_critic(cfg, actor, rm, mean, std).to(rt.device)
+        rm_cfg = read_config(path("models/reward_model"))
+        rm_norm = (
+            (mean, std)
+            if cfg.reward == "reward_model"
+            else (rm_cfg.get("reward_mean", 0.0), rm_cfg.get("reward_std", 1.0))
+        )
+        judges = {"rm": RewardModelJudge(rm, tok, *rm_norm), **({"gold": gold} if gold else {})}
         main = distributed.is_main()
         t0 = time.perf_counter()
         with launch.stage_run("ppo", logged) as tr:
@@ -116,7 +142,7 @@ def run(params: dict) -> dict:
             history = train_ppo(
                 state,
                 ref,
-                score_fn_for(cfg.reward, rm, rm_cfg, tok),
+                normalised(raw_fn, mean, std),
                 tok,
                 prompts,
                 core,
@@ -139,13 +165,15 @@ def run(params: dict) -> dict:
                 "sft_rm_score": start["rm_score"],
                 "sft_gold_score": start.get("gold_score"),
                 "sft_length": start["length"],
+                "reward_mean": mean,
+                "reward_std": std,
                 "iterations": len(history),
                 "seconds": time.perf_counter() - t0,
                 "seconds_per_iteration": float(np.mean([h["time/iteration"] for h in history])),
                 "peak_memory_mb": max(peak, peak_memory_mb(rt.device)),
                 "world_size": distributed.world_size(),
             }
-            _write_outputs(state, history, tr)
+            _write_outputs(state, history, tr, cfg.reward)
             write_metrics("ppo", metrics)
     shutil.rmtree(path(STATE), ignore_errors=True)
     return metrics
@@ -157,12 +185,12 @@ def _snapshot(state: PPOState) -> None:
         write_model(tmp, state.actor, path("models/sft/tokenizer.json"), {"iteration": state.iteration})
 
 
-def _write_outputs(state: PPOState, history: list[dict[str, float]], tr: tracking.Tracker) -> None:
+def _write_outputs(state: PPOState, history: list[dict[str, float]], tr: tracking.Tracker, reward: str) -> None:
     """The training curves (CSV, PNG) and models/ppo: actor, critic and the snapshots."""
     rows = [{"iteration": i + 1, **h} for i, h in enumerate(history)]
     write_csv(path("plots/ppo_curves.csv"), rows)
     keys = [
-        ("objective/rm_score", "RM score (normalised)"),
+        ("objective/rm_score", f"reward: {'reward model' if reward == 'reward_model' else reward} (normalised)"),
         ("objective/kl", "KL per response"),
         ("objective/gold_score", "gold score (monitor)"),
         ("ppo/mean_response_length", "length"),

@@ -45,6 +45,11 @@ def _family_table(results: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _eval_kl(metrics: dict) -> str:
+    kl = metrics.get("kl_eval_temperature")
+    return "" if kl is None else f"; {kl:.2f} between the two policies at the evaluation temperature"
+
+
 def write_report(
     out: Path,
     metrics: dict,
@@ -64,7 +69,8 @@ def write_report(
         "",
         *_win_table(results),
         "",
-        f"KL of the candidate from the reference: **{metrics['kl']:.2f} nats per response**. "
+        f"KL of the candidate from the reference: **{metrics['kl']:.2f} nats per response** at temperature 1 "
+        f"(the KL PPO's penalty controls){_eval_kl(metrics)}. "
         f"Mean response length (tokens): candidate {metrics['length']['candidate']:.1f}, "
         f"baseline {metrics['length']['baseline']:.1f}.",
         "",

@@ -23,10 +23,11 @@ from rlhf import distributed
 from rlhf.checkpoint import load_model, save_model
 from rlhf.data import read_prompts
 from rlhf.device import Runtime, peak_memory_mb
-from rlhf.generate import SamplingConfig, generate_text
-from rlhf.judges import RewardModelJudge, load_judge
+from rlhf.generate import SamplingConfig
+from rlhf.judges import load_judge
 from rlhf.model import ScalarHeadModel
 from rlhf.reward import Pairs, RMConfig, encode_pairs, margins, train_reward_model
+from rlhf.rollout import Rollout, reward_model_scores, sample_rollout
 from rlhf.stats import calibration_table, pairwise_accuracy, spearman
 from rlhf.tokenizer import ChatTokenizer
 from tasks import launch
@@ -44,7 +45,7 @@ class RewardParams(RMConfig):
     """fresh SFT samples (on PPO prompts) for the normalisation and the Spearman correlation with gold"""
     sample_temperature: float = 1.0
     """temperature of those samples (PPO's rollout temperature)"""
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
     """longest sampled response"""
 
 
@@ -75,12 +76,16 @@ def calibration(m: torch.Tensor, seed: int) -> list[dict]:
     return calibration_table(signed, (~flip).astype(float))
 
 
-def sft_samples(params: dict, cfg: RewardParams, tok: ChatTokenizer, rt: Runtime) -> tuple[list[str], list[str]]:
+@torch.no_grad()
+def sft_rollouts(cfg: RewardParams, tok: ChatTokenizer, rt: Runtime) -> Rollout:
+    """Fresh SFT samples on PPO prompts, drawn as PPO's rollouts are (rlhf.rollout.sample_rollout: raw ids,
+    truncated at max_new_tokens with no EOS appended), so the reward model scores them as PPO's reward will."""
     prompts = read_prompts(path("data/prepared/prompts_ppo.jsonl"))["prompt"].tolist()[: cfg.n_samples]
     sft = load_model(path("models/sft"), arch="gpt").to(rt.device)
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature)
+    gen = torch.Generator(device=rt.device).manual_seed(cfg.seed + 1)
     with rt.autocast():
-        return prompts, generate_text(sft, tok, prompts, sampling, seed=cfg.seed + 1)
+        return sample_rollout(sft, tok, prompts, sampling, gen)
 
 
 def run(params: dict) -> dict:
@@ -145,11 +150,11 @@ def measure(
     """Held-out accuracy and margins, the RM's scores of fresh SFT samples (their mean/std, Spearman with gold),
     and the calibration table."""
     m = margins(model, val, tok.pad_id, runtime=rt)
-    prompts, responses = sft_samples(params, cfg, tok, rt)
-    with rt.autocast():
-        raw = RewardModelJudge(model, tok)(prompts, responses)
+    ro = sft_rollouts(cfg, tok, rt)
+    with torch.no_grad(), rt.autocast():
+        raw = reward_model_scores(model.eval(), ro).float().cpu().numpy()
     spec = params.get("judge", {}).get("gold", "none")
-    gold = load_judge(spec)(prompts, responses) if spec != "none" else None
+    gold = load_judge(spec)(ro.prompts, ro.texts(tok)) if spec != "none" else None
     measured = {
         "accuracy": pairwise_accuracy(m.numpy()),
         "ceiling": labeler_ceiling(val_df),

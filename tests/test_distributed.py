@@ -112,7 +112,9 @@ def _untimed(metrics: dict[str, float]) -> dict[str, float]:
 
 def test_ranks_agree_and_only_rank0_writes(ddp):
     (t0, r0), (t1, r1) = _results(ddp, 0), _results(ddp, 1)
-    assert t0.keys() == t1.keys() and all(torch.equal(t0[k], t1[k]) for k in t0)  # DDP kept them in lockstep
+    assert t0.keys() == t1.keys() and all(
+        torch.equal(t0[k], t1[k]) for k in t0
+    )  # DDP: both ranks apply one all-reduced gradient on this machine
     h0, h1 = ([_untimed(h) for h in r["ppo_loop"]["history"]] for r in (r0, r1))
     assert h0 == h1 and len(h0) == 2  # metrics reduced over ranks: the same on every rank (timings are each its own)
     assert r0["ppo_loop"]["kl_coef"] == r1["ppo_loop"]["kl_coef"] != PPO_KL  # the controller saw the global KL

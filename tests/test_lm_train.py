@@ -22,10 +22,11 @@ def test_prompt_tokens_carry_no_gradient(tiny_cfg):
     grad_norm = logits.grad.norm(dim=-1)  # (B, T)
     assert torch.all(grad_norm[y == IGNORE] == 0)
     assert torch.all(grad_norm[y != IGNORE] > 0)
-    # Changing a prompt *target* cannot change the loss (only inputs condition the response).
-    y2 = y.clone()
-    y2[0, 0] = IGNORE
-    assert torch.equal(lm_loss(model, x, y), lm_loss(model, x, y2))
+    # The loss is the mean cross-entropy over response targets alone (float64 reference on the same logits).
+    logp = torch.log_softmax(model(x).detach().double(), -1)
+    keep = y != IGNORE
+    reference = -logp[keep].gather(1, y[keep][:, None]).mean()
+    assert abs(float(lm_loss(model, x, y)) - float(reference)) < 1e-5
 
 
 def _run(tiny_cfg, tmp_path, stop_at=None, state="state"):
@@ -54,7 +55,8 @@ def test_resume_equals_uninterrupted(tiny_cfg, tmp_path):
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), k
     assert log_b[0][0] == 8  # picked up after the interruption, not from scratch
-    assert log_a[-1][1]["train/loss"] == log_b[-1][1]["train/loss"]
+    # the resumed weights live in other storage, so kernels may round differently: float32 tolerance
+    assert abs(log_a[-1][1]["train/loss"] - log_b[-1][1]["train/loss"]) < 1e-5
 
 
 def test_sft_sampler_is_a_function_of_the_step():

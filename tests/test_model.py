@@ -48,6 +48,7 @@ def test_padded_batch_equals_each_row_alone(tiny_cfg):
     for i, p in enumerate(prompts):
         alone_ids, alone_mask = left_pad([p], pad_id=0)
         alone = generate(model, alone_ids, alone_mask, cfg, eos_id=1, pad_id=0)
+        # tokens are discrete: greedy choices agree unless two logits tie within float rounding (not here)
         assert torch.equal(alone.tokens[0], batch.tokens[i])
         assert torch.allclose(alone.logprobs[0], batch.logprobs[i], atol=1e-5)
 
@@ -83,7 +84,7 @@ def test_fixed_seed_reproduces_samples(tiny_cfg):
     a = generate(model, ids, mask, cfg, 1, 0, torch.Generator().manual_seed(7))
     b = generate(model, ids, mask, cfg, 1, 0, torch.Generator().manual_seed(7))
     c = generate(model, ids, mask, cfg, 1, 0, torch.Generator().manual_seed(8))
-    assert torch.equal(a.tokens, b.tokens)
+    assert torch.equal(a.tokens, b.tokens)  # the very same computation twice: exact on one machine
     assert not torch.equal(a.tokens, c.tokens)
 
 
@@ -155,8 +156,14 @@ def test_checkpoint_loads_exactly_without_a_random_init(tiny_cfg, tmp_path):
         torch.manual_seed(1)
         assert torch.equal(after_load, torch.rand(4))
         assert all(p.device.type == "cpu" and p.requires_grad for p in loaded.parameters())
+        # The weights come back bit for bit; outputs are compared with a float32 tolerance, since tensors in
+        # other storage (alignment) may take another kernel path (seen on AMD EPYC: 2.4e-7 apart).
+        saved, back = model.state_dict(), loaded.state_dict()
+        assert saved.keys() == back.keys() and all(torch.equal(saved[k], back[k]) for k in saved)
         with torch.no_grad():
-            assert torch.equal(loaded(idx), model(idx))
+            torch.testing.assert_close(loaded(idx), model(idx), rtol=1e-5, atol=1e-5)
+            before = model(idx)
             loaded.transformer.wte.weight.add_(1.0)  # writable storage of its own: the original is untouched
-            assert not torch.equal(loaded(idx), model(idx))
-            assert torch.equal(load_model(tmp_path / arch, arch)(idx), model(idx))
+            assert not torch.equal(loaded.transformer.wte.weight, model.transformer.wte.weight)
+            assert torch.equal(model(idx), before)  # the very same computation again: exact
+            torch.testing.assert_close(load_model(tmp_path / arch, arch)(idx), model(idx), rtol=1e-5, atol=1e-5)

@@ -60,6 +60,9 @@ def test_stages_run_in_order(root):
         assert set(ev[judge]) == {"win_rate", "ci_low", "ci_high", "n"}
         assert 0.0 <= ev[judge]["ci_low"] <= ev[judge]["win_rate"] <= ev[judge]["ci_high"] <= 1.0
     assert set(ev["length"]) == {"candidate", "baseline"}
+    # KL at temperature 1 (what PPO's penalty controls) and, beside it, between the tempered policies
+    assert ev["kl"] >= -0.5 and "kl_eval_temperature" in ev and ev["kl"] != ev["kl_eval_temperature"]
+    assert {"reward_mean", "reward_std"} <= set(m_ppo)
     assert (root / "reports/eval/report.md").read_text().startswith("# Evaluation report")
     for plot in ("ppo_curves.png", "overoptimization.png", "rm_calibration.png", "ppo_curves.csv"):
         assert (root / "plots" / plot).stat().st_size > 0

@@ -126,3 +126,83 @@ def test_ppo_raises_a_toy_reward(tok, models, tmp_path):
     first = sum(h["objective/rm_score"] for h in hist[:3]) / 3
     last = sum(h["objective/rm_score"] for h in hist[-3:]) / 3
     assert last > first + 1.0
+
+
+def test_dropout_in_the_checkpoint_is_switched_off(tok):
+    """A checkpoint trained with dropout still starts PPO with ratio 1: make_state zeroes every dropout."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32, dropout=0.1)
+    actor = GPT(cfg)
+    critic, ref = ScalarHeadModel.from_lm(actor, head_std=0.0), copy.deepcopy(actor).eval()
+    state = make_state(actor, critic, CFG)
+    assert all(m.p == 0.0 for m in (*actor.modules(), *critic.modules()) if isinstance(m, torch.nn.Dropout))
+    _, stats = ppo_iteration(state, ref, _score_fn(tok), tok, PROMPTS, CFG)
+    # rollout (batch of 8) and first minibatch (4 rows) take other kernel paths: equal up to float32 rounding
+    assert stats["ppo/policy/first_approxkl"] < 1e-9
+
+
+def test_reward_statistics_normalise_ppo_rollouts(tok, models):
+    """The normalisation is measured on rollouts drawn and scored as PPO's are: the scores it saw, normalised,
+    have mean 0 and std 1, and every one of them came as a Rollout of raw ids no longer than max_new_tokens."""
+    from rlhf.ppo_trainer import reward_statistics
+    from rlhf.rollout import Rollout
+
+    actor, _, _ = models
+    seen = []
+
+    def score(ro):
+        seen.append(ro)
+        return _score_fn(tok)(ro) * 3.0 + 2.0 + ro.mask.sum(1)
+
+    mean, std = reward_statistics(actor, score, tok, PROMPTS, CFG)
+    assert seen and all(isinstance(ro, Rollout) and ro.responses.shape[1] <= CFG.max_new_tokens for ro in seen)
+    z = (torch.cat([score(ro) for ro in list(seen)]).double() - mean) / std
+    assert len(z) == len(PROMPTS)
+    assert abs(float(z.mean())) < 1e-6 and abs(float(z.std(unbiased=False)) - 1.0) < 1e-6
+
+
+def test_batch_sizes_fail_loudly_with_the_numbers():
+    import dataclasses
+
+    from rlhf.ppo_trainer import check_batch_sizes
+
+    with pytest.raises(ValueError, match="needs at least that many PPO prompts, but there are 40"):
+        check_batch_sizes(dataclasses.replace(CFG, batch_size=64), n_prompts=40)
+    with pytest.raises(ValueError, match="mini_batches 3 does not divide"):
+        dataclasses.replace(CFG, batch_size=8, mini_batches=3)  # refused when the config is built
+    with pytest.raises(ValueError, match="does not split evenly over 4 processes"):
+        check_batch_sizes(dataclasses.replace(CFG, batch_size=6), n_prompts=45, world_size=4)
+    with pytest.raises(ValueError, match="is 6 rollouts each, which mini_batches 4 does not divide"):
+        check_batch_sizes(dataclasses.replace(CFG, batch_size=12, mini_batches=4), n_prompts=45, world_size=2)
+    check_batch_sizes(dataclasses.replace(CFG, batch_size=8), n_prompts=45, world_size=2)  # 4 each, 2 minibatches
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0])
+def test_ppo_refuses_a_temperature_without_sampling(temperature):
+    import dataclasses
+
+    with pytest.raises(ValueError, match="temperature must be above 0"):
+        dataclasses.replace(CFG, temperature=temperature)
+
+
+def test_critic_from_the_reward_model_starts_at_the_normalised_reward(tok, models):
+    """PPO's reward is (r − mean) / std: a critic copied from the reward model starts in those units, so its value
+    at the last token is the normalised reward; with a judge as the reward it starts at zero instead."""
+    from tasks.ppo import PPOParams, make_critic
+
+    actor, _, _ = models
+    torch.manual_seed(3)
+    rm = ScalarHeadModel.from_lm(actor)  # a random head, as a trained one would have
+    with torch.no_grad():
+        rm.head.bias.fill_(-0.98)
+    rm.requires_grad_(False)
+    ids = torch.randint(3, tok.vocab_size, (4, 12))
+    mask = torch.ones_like(ids)
+    mean, std = -0.98, 1.008
+    critic = make_critic(PPOParams(), actor, rm, mean, std)
+    with torch.no_grad():
+        expected = (rm.score(ids, mask) - mean) / std
+        torch.testing.assert_close(critic.score(ids, mask), expected, rtol=1e-5, atol=1e-6)
+        judge_critic = make_critic(PPOParams(reward="mypackage.judges:score"), actor, rm, mean, std)
+        assert judge_critic(ids).abs().max() == 0.0
+    assert all(p.requires_grad for p in critic.parameters()) and not any(p.requires_grad for p in rm.parameters())

@@ -43,3 +43,17 @@ def test_learns_a_separable_toy_set():
     rm_cfg = RMConfig(epochs=4, batch_size=32, lr=3e-3, warmup_steps=4, eval_every=8, patience=10)
     train_reward_model(rm, train, val, rm_cfg, pad_id=0, log=lambda m, s: None)
     assert evaluate_pairs(rm, val, pad_id=0)["accuracy"] >= 0.95
+
+
+def test_ties_count_half_in_training_and_validation_alike():
+    """A reward model that scores everything alike orders no pair: accuracy ½, as rlhf.stats.pairwise_accuracy."""
+    from rlhf.reward import Pairs, evaluate_pairs, pair_wins
+    from rlhf.stats import pairwise_accuracy
+
+    m = torch.tensor([1.0, 0.0, -2.0, 0.0])
+    assert pair_wins(m).tolist() == [1.0, 0.5, 0.0, 0.5]
+    assert float(pair_wins(m).mean()) == pairwise_accuracy(m.numpy()) == 0.5
+    cfg = GPTConfig(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    flat = ScalarHeadModel(cfg, head_std=0.0)  # zero head: every score is 0
+    pairs = Pairs([[5, 6, 7], [8, 9]], [[5, 6], [8, 9, 10]])
+    assert evaluate_pairs(flat, pairs, pad_id=0)["accuracy"] == 0.5
