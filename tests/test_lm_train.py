@@ -26,7 +26,7 @@ def test_prompt_tokens_carry_no_gradient(tiny_cfg):
     logp = torch.log_softmax(model(x).detach().double(), -1)
     keep = y != IGNORE
     reference = -logp[keep].gather(1, y[keep][:, None]).mean()
-    assert abs(float(lm_loss(model, x, y)) - float(reference)) < 1e-5
+    assert abs(lm_loss(model, x, y).item() - float(reference)) < 1e-5
 
 
 def _run(tiny_cfg, tmp_path, stop_at=None, state="state"):
