@@ -262,3 +262,58 @@ def test_label_studio_export_then_import_gives_the_chosen_pairs(tmp_path: Path) 
     exported.write_text(json.dumps(broken))
     with pytest.raises(DataError, match=r"export.json: task #0 \(id 1\).*'left' or 'right'"):
         labelstudio.import_export(exported, tmp_path / "incoming")
+
+
+# --- prepare and the command line ----------------------------------------------------------------------------
+
+
+def tiny_checkpoint(root: Path) -> Path:
+    import torch
+
+    from rlhf.checkpoint import save_model
+    from rlhf.model import GPT, GPTConfig
+    from rlhf.tokenizer import train_tokenizer
+
+    tok = root / "tokenizer.json"
+    train_tokenizer(["what is the cat", "the cat sat on the mat", "a dog ran"] * 30, 300).save(str(tok))
+    vocab = json.loads(tok.read_text())["model"]["vocab"]
+    torch.manual_seed(0)
+    save_model(
+        root / "models/sft", GPT(GPTConfig(vocab_size=len(vocab), block_size=32, n_layer=1, n_head=2, n_embd=16)), tok
+    )
+    return root / "models/sft"
+
+
+def test_prepare_samples_k_answers_per_new_prompt_from_sft_without_a_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks import registry
+    from tasks.labeling.prepare import PrepareConfig, prepare
+
+    monkeypatch.setattr(registry, "alias_version", lambda name, alias: None)  # no champion registered
+    tiny_checkpoint(tmp_path)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"what is the cat {i}"}) + "\n" for i in range(5)))
+    conn = db.connect(tmp_path / "l.db")
+    with pytest.raises(ValueError, match="k >= 2"):
+        prepare(conn, tmp_path, prompts, PrepareConfig(n=3, k=1))
+    cfg = PrepareConfig(n=3, k=3, max_new_tokens=5, batch_prompts=2)
+    made = prepare(conn, tmp_path, prompts, cfg)
+    assert made["tasks"] == 3 and str(made["model_version"]).startswith("models/sft@")
+    rows = conn.execute("SELECT prompt_id, responses, model_version FROM tasks").fetchall()
+    assert all(len(json.loads(r["responses"])) == 3 for r in rows)
+    # a second batch draws only prompts without tasks
+    assert prepare(conn, tmp_path, prompts, cfg)["tasks"] == 2
+    assert sorted(r[0] for r in conn.execute("SELECT prompt_id FROM tasks")) == [f"q{i}" for i in range(5)]
+    assert prepare(conn, tmp_path, prompts, cfg)["tasks"] == 0
+
+
+def test_command_line_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tasks.labeling.__main__ import main
+
+    bad = tmp_path / "export.json"
+    bad.write_text('{"not": "a list"}')
+    assert main(["--db", str(tmp_path / "l.db"), "import-label-studio", str(bad)]) == 2
+    assert f"{bad}: a Label Studio JSON export is a list of tasks" in capsys.readouterr().err
+    assert main(["--db", str(tmp_path / "none.db"), "export"]) == 0
+    assert "no labeling database" in capsys.readouterr().out

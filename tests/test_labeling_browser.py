@@ -4,7 +4,8 @@ A labeler enters a name, ranks three tasks by clicking and one with the keys, sk
 exactly that, the export is in the ranked format and passes the preference gate, and a response holding
 `<script>` / `<img onerror>` shows those characters without running them.
 
-RLHF_SCREENSHOTS=docs python -m pytest tests/test_labeling_browser.py  also saves the README's screenshots.
+RLHF_SCREENSHOTS=DIR python -m pytest tests/test_labeling_browser.py  also saves screenshots of the test's pages
+(tasks/labeling/screenshots.py takes them of any running app).
 """
 
 from __future__ import annotations
@@ -17,19 +18,8 @@ import pytest
 
 from rlhf.data import import_preferences
 from tasks.labeling import db, export
+from tasks.labeling.screenshots import labeling_page, launch
 from tests.labeling_support import XSS, running_app
-
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 TASKS = [
     ("What is the capital of Peru?", [
@@ -66,13 +56,12 @@ def current_prompt(page) -> str:
 def test_a_labeler_ranks_skips_and_the_export_passes_the_gate(tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: bin/test installs it (apt-get install -y chromium)"
     conn = db.connect(tmp_path / "l.db")
     db.add_tasks(conn, [db.NewTask(p, f"p{i}", rs, "rlhf-actor/v1") for i, (p, rs) in enumerate(TASKS)])
     expected: dict[str, list[int]] = {}
     shots = os.environ.get("RLHF_SCREENSHOTS")
     with running_app(tmp_path / "l.db", lambda: None) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1100, "height": 820})
         page.goto(url)
         expect(page.locator("#name")).to_be_focused()
@@ -89,12 +78,12 @@ def test_a_labeler_ranks_skips_and_the_export_passes_the_gate(tmp_path: Path) ->
                 expect(page.locator("#responses")).to_contain_text('<img src=x onerror="window.pwned = 2">')
                 assert page.locator("#responses img, #responses script").count() == 0
                 assert page.evaluate("window.pwned") is None
+            if shots and n == 0:
+                Path(shots).mkdir(parents=True, exist_ok=True)
+                labeling_page(page, Path(shots) / "labeling-page.png")  # clicks two, then undoes them
             for pos in (2, 0, 3):
                 buttons.nth(pos).click()
             expect(buttons.nth(1)).to_have_attribute("aria-pressed", "true")
-            if shots and n == 0:
-                Path(shots).mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=f"{shots}/labeling-page.png")
             expected[prompt] = [order[2], order[0], order[3], order[1]]
             page.click("#submit")
             expect(page.locator("#progress")).to_have_text(f"Done: {n + 1} · Left: {5 - n}")
@@ -148,7 +137,7 @@ def test_the_page_works_from_the_keyboard_alone(tmp_path: Path, viewport: dict) 
     conn = db.connect(tmp_path / "l.db")
     db.add_tasks(conn, [db.NewTask(TASKS[0][0], "p0", TASKS[0][1], "m")])
     with running_app(tmp_path / "l.db") as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = launch(p)
         page = browser.new_page(viewport=viewport)
         page.goto(url)
         page.keyboard.type("Grace")
