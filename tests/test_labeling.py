@@ -317,3 +317,19 @@ def test_command_line_errors_name_the_file(tmp_path: Path, capsys: pytest.Captur
     assert f"{bad}: a Label Studio JSON export is a list of tasks" in capsys.readouterr().err
     assert main(["--db", str(tmp_path / "none.db"), "export"]) == 0
     assert "no labeling database" in capsys.readouterr().out
+
+
+def test_options_go_before_or_after_the_subcommand() -> None:
+    from tasks.labeling.__main__ import parser
+
+    p = parser()
+    assert [p.parse_args(a).port for a in (["--port", "9000", "serve"], ["serve", "--port", "9001"], [])] == [
+        9000,
+        9001,
+        8600,
+    ]
+    assert [p.parse_args(a).db for a in (["--db", "a.db", "export"], ["export", "--db", "b.db"], ["export"])] == [
+        Path("a.db"),
+        Path("b.db"),
+        None,
+    ]

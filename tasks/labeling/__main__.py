@@ -64,18 +64,32 @@ def run_command(args: argparse.Namespace) -> dict[str, Any] | None:
     return None
 
 
+def server_options(p: argparse.ArgumentParser, default: bool) -> None:
+    # Given before or after `serve` alike: the subcommand's copies leave the value alone when absent.
+    def d(value: Any) -> Any:
+        return value if default else argparse.SUPPRESS
+
+    p.add_argument("--host", default=d("127.0.0.1"), help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=d(8600), help="port (default 8600)")
+    p.add_argument("--reward-model", default=d(REWARD_MODEL), help="compared with people on /stats ('none': off)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bin/label", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--db", type=Path, default=None, help=f"the labeling database (default: {db.DEFAULT_DB})")
+    db_help = f"the labeling database (default: {db.DEFAULT_DB})"
+    p.add_argument("--db", type=Path, default=None, help=db_help)
+    server_options(p, default=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", type=Path, default=argparse.SUPPRESS, help=db_help)
     sub = p.add_subparsers(dest="command")
-    s = sub.add_parser("serve", help="the web app (the default command)")
-    for q in (p, s):
-        q.add_argument("--host", default="127.0.0.1")
-        q.add_argument("--port", type=int, default=8600)
-        q.add_argument("--reward-model", default=REWARD_MODEL, help="compared with people on /stats ('none': off)")
-    s = sub.add_parser("prepare", help="sample the champion's answers into tasks")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    server_options(command("serve", "the web app (the default command)"), default=False)
+    s = command("prepare", "sample the champion's answers into tasks")
     s.add_argument("--n", type=int, default=50, help="prompts (tasks) to add")
     s.add_argument("--k", type=int, default=4, help="responses per task")
     s.add_argument("--max-labelers", type=int, default=1, help="people each task is served to")
@@ -84,13 +98,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=48)
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
-    sub.add_parser("export", help="finished rankings -> data/incoming/labels-<timestamp>.jsonl")
-    sub.add_parser("stats", help="write metrics/labels.json")
-    s = sub.add_parser("export-label-studio", help="tasks and labeling config for Label Studio")
+    command("export", "finished rankings -> data/incoming/labels-<timestamp>.jsonl")
+    command("stats", "write metrics/labels.json")
+    s = command("export-label-studio", "tasks and labeling config for Label Studio")
     s.add_argument("--out", required=True)
-    s = sub.add_parser("import-label-studio", help="a Label Studio JSON export -> data/incoming/")
+    s = command("import-label-studio", "a Label Studio JSON export -> data/incoming/")
     s.add_argument("file")
-    s = sub.add_parser("crowd", help="simulated labelers ranking through a running app")
+    s = command("crowd", "simulated labelers ranking through a running app")
     s.add_argument("--url", default="http://127.0.0.1:8600")
     s.add_argument("--labelers", type=int, default=5)
     s.add_argument("--max-tasks", type=int, default=None, help="stop after this many rankings")
