@@ -75,13 +75,28 @@ def test_each_task_is_served_to_at_most_n_labelers(tmp_path: Path) -> None:
     assert db.next_task(conn, "d", now=5)["id"] == t1
     db.submit(conn, t2, "c", "flag", now=6)  # a flag withdraws the task from everyone
     assert db.next_task(conn, "e", now=7) is None
-    # an abandoned assignment goes back to the pool after the lease
-    assert db.next_task(conn, "e", now=2 + db.LEASE_SECONDS + 1)["id"] == t1
-    # the order shown is a permutation, the same on every reload, with the submit indices
-    view = db.next_task(conn, "b", now=8)
-    assert sorted(r["index"] for r in view["responses"]) == [0, 1, 2]
-    assert view == db.next_task(conn, "b", now=9)
-    assert "model" not in json.dumps(view)
+    # an abandoned assignment goes back to the pool after the lease; its holder then cannot rank it twice over
+    late = 2 + db.LEASE_SECONDS + 1
+    assert db.next_task(conn, "e", now=late)["id"] == t1  # b's slot lapsed (d holds the other)
+    db.submit(conn, t1, "e", "rank", [0, 1, 2], now=late)
+    db.submit(conn, t1, "d", "rank", [0, 2, 1], now=late)
+    with pytest.raises(db.LabelError, match="ranked by others meanwhile"):
+        db.submit(conn, t1, "b", "rank", [0, 1, 2], now=late)
+    assert db.next_task(conn, "b", now=late) is None  # its lapsed assignment is gone, t1 is full, t2 flagged
+
+
+def test_responses_are_shown_in_a_stable_random_order_without_model_names(tmp_path: Path) -> None:
+    conn = db.connect(tmp_path / "l.db")
+    db.add_tasks(conn, [db.NewTask("q", "q", [str(i) for i in range(6)], "secret-model-name")], max_labelers=9)
+    views: dict[str, list[int]] = {}
+    for who in ("a", "b", "c", "d"):
+        view = db.next_task(conn, who)
+        views[who] = [r["index"] for r in view["responses"]]
+        assert [r["text"] for r in view["responses"]] == [str(i) for i in views[who]]
+        assert view == db.next_task(conn, who)  # a reload shows the same order
+        assert "secret-model-name" not in json.dumps(view)
+    assert all(sorted(v) == list(range(6)) for v in views.values())
+    assert len({tuple(v) for v in views.values()}) > 1  # not one fixed order for everyone
 
 
 def test_a_crash_between_submissions_loses_nothing_submitted(tmp_path: Path) -> None:

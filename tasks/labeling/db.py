@@ -165,7 +165,14 @@ ORDER BY t.id
 def next_task(conn: sqlite3.Connection, labeler: str, now: float | None = None) -> dict[str, Any] | None:
     """The task `labeler` should do now (their open one first), assigned to them; None when none is left."""
     who, now = check_name(labeler), now if now is not None else time.time()
+    lease = now - LEASE_SECONDS
     with transaction(conn):
+        # Their own lapsed assignments go: the slot may have gone to someone else meanwhile.
+        conn.execute(
+            "DELETE FROM assignments WHERE labeler = ? AND served_at <= ? AND NOT EXISTS (SELECT 1 FROM "
+            "judgements j WHERE j.task_id = assignments.task_id AND j.labeler = assignments.labeler)",
+            (who, lease),
+        )
         row = conn.execute(
             "SELECT t.* FROM tasks t JOIN assignments a ON a.task_id = t.id AND a.labeler = ? "
             "LEFT JOIN judgements j ON j.task_id = t.id AND j.labeler = a.labeler "
@@ -174,7 +181,7 @@ def next_task(conn: sqlite3.Connection, labeler: str, now: float | None = None) 
             (who,),
         ).fetchone()
         if row is None:
-            row = conn.execute(OPEN_SLOTS + " LIMIT 1", {"who": who, "lease": now - LEASE_SECONDS}).fetchone()
+            row = conn.execute(OPEN_SLOTS + " LIMIT 1", {"who": who, "lease": lease}).fetchone()
             if row is None:
                 return None
             conn.execute("INSERT INTO assignments VALUES (?, ?, ?)", (row["id"], who, now))
@@ -201,7 +208,7 @@ def submit(
     if not isinstance(task_id, int) or isinstance(task_id, bool):
         raise LabelError(f"task_id must be an integer, got {task_id!r}")
     with transaction(conn):
-        task = conn.execute("SELECT responses FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        task = conn.execute("SELECT responses, max_labelers FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if task is None:
             raise LabelError(f"task {task_id} does not exist", 404)
         served = conn.execute(
@@ -211,6 +218,16 @@ def submit(
             raise LabelError(f"task {task_id} was not served to {who!r}: ask for your next task first", 409)
         if conn.execute("SELECT 1 FROM judgements WHERE task_id = ? AND labeler = ?", (task_id, who)).fetchone():
             raise LabelError(f"{who!r} has already answered task {task_id}; it is recorded once", 409)
+        if kind == "rank" and served["served_at"] <= now - LEASE_SECONDS:
+            ranked = conn.execute(
+                "SELECT COUNT(*) FROM judgements WHERE task_id = ? AND kind = 'rank'", (task_id,)
+            ).fetchone()[0]
+            if ranked >= task["max_labelers"]:
+                raise LabelError(
+                    f"task {task_id} was held more than {LEASE_SECONDS // 60} minutes and has been ranked by "
+                    "others meanwhile; ask for your next task",
+                    409,
+                )
         k = len(json.loads(task["responses"]))
         stored = json.dumps(check_ranking(ranking, k)) if kind == "rank" else None
         cur = conn.execute(
