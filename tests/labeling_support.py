@@ -49,3 +49,23 @@ def add_tasks(conn: Any, n: int, k: int = 4, max_labelers: int = 1, first: int =
         for i in range(first, first + n)
     ]
     return db.add_tasks(conn, tasks, max_labelers)
+
+
+def tiny_checkpoint(root: Path) -> Path:
+    """A tiny untrained GPT with its tokenizer at <root>/models/sft."""
+    import json
+
+    import torch
+
+    from rlhf.checkpoint import save_model
+    from rlhf.model import GPT, GPTConfig
+    from rlhf.tokenizer import train_tokenizer
+
+    tok = root / "tokenizer.json"
+    train_tokenizer(["what is the cat", "the cat sat on the mat", "a dog ran"] * 30, 300).save(str(tok))
+    vocab = json.loads(tok.read_text())["model"]["vocab"]
+    torch.manual_seed(0)
+    save_model(
+        root / "models/sft", GPT(GPTConfig(vocab_size=len(vocab), block_size=32, n_layer=1, n_head=2, n_embd=16)), tok
+    )
+    return root / "models/sft"

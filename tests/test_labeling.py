@@ -12,7 +12,7 @@ import pytest
 
 from rlhf.data import DataError, import_preferences
 from tasks.labeling import db, export, labelstudio, stats
-from tests.labeling_support import XSS, add_tasks, running_app
+from tests.labeling_support import XSS, add_tasks, running_app, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -280,23 +280,6 @@ def test_label_studio_export_then_import_gives_the_chosen_pairs(tmp_path: Path) 
 
 
 # --- prepare and the command line ----------------------------------------------------------------------------
-
-
-def tiny_checkpoint(root: Path) -> Path:
-    import torch
-
-    from rlhf.checkpoint import save_model
-    from rlhf.model import GPT, GPTConfig
-    from rlhf.tokenizer import train_tokenizer
-
-    tok = root / "tokenizer.json"
-    train_tokenizer(["what is the cat", "the cat sat on the mat", "a dog ran"] * 30, 300).save(str(tok))
-    vocab = json.loads(tok.read_text())["model"]["vocab"]
-    torch.manual_seed(0)
-    save_model(
-        root / "models/sft", GPT(GPTConfig(vocab_size=len(vocab), block_size=32, n_layer=1, n_head=2, n_embd=16)), tok
-    )
-    return root / "models/sft"
 
 
 def test_prepare_samples_k_answers_per_new_prompt_from_sft_without_a_champion(
