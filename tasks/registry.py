@@ -37,8 +37,8 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 CKPT_TAG = "rlhf.checkpoint_sha256"  # identity of the weights: a version is reused when they match
 CODE = {ACTOR: ROOT / "tasks" / "actor_model.py", CRITIC: ROOT / "tasks" / "scorer_model.py"}
 CODE[REWARD_MODEL] = CODE[CRITIC]
-# What a served model needs; given explicitly, which also skips MLflow's ~5 s requirement inference.
 FEEDBACK_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")  # what tasks/preferences.py merges
+# What a served model needs; given explicitly, which also skips MLflow's ~5 s requirement inference.
 REQUIREMENTS = ["mlflow", "torch", "tokenizers", "safetensors", "numpy", "pandas"]
 
 Comparator = Callable[[Path, Path], Mapping[str, Any]]
