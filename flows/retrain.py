@@ -1,5 +1,7 @@
 """The retraining flow: preference data dropped in data/incoming/ -> validated -> data/feedback/ -> pipeline.
 
+Its first task exports the rankings finished in the labeling app (bin/label) into data/incoming/.
+
 Each incoming file (.jsonl, .json, .parquet, .csv) goes through the data gate (`python -m tasks.validate
 preferences --input FILE`, non-zero exit = rejected). Accepted files move into data/feedback/ and are tracked
 by DVC one by one (`dvc add`, then `git add` the .dvc file); the preferences stage merges that folder, so DVC
@@ -96,6 +98,15 @@ def reject(file: str, reports: str, root: str) -> str:
     return str(dest.relative_to(root))
 
 
+@task(name="export-labels", cache_policy=NO_CACHE, persist_result=False)
+def export_labels(root: str) -> dict[str, Any]:
+    """Rankings finished in the labeling app (bin/label) since the last export -> data/incoming/, so a
+    scheduled run needs no person; nothing when there is no labeling database."""
+    from tasks.labeling.export import export_all
+
+    return export_all(root=Path(root))
+
+
 @flow(name="rlhf-retrain", persist_result=False)
 def retrain_flow(
     root: str = str(workdir()),
@@ -103,14 +114,16 @@ def retrain_flow(
     run_pipeline: bool = True,
     comparator: str | None = COMPARATOR,
 ) -> dict[str, Any]:
-    """Validate and accept the incoming preference files; if any was accepted, run the pipeline."""
+    """Export new labels, validate and accept the incoming preference files; if any was accepted, run the
+    pipeline."""
+    labels = export_labels(root)
     files = incoming_files(Path(root))
     missing = [p for p in GATE_INPUTS.values() if not (Path(root) / p).exists()]
     if files and validate_cmd is None and missing:
         raise FileNotFoundError(
             f"the data gate needs {missing}: run the pipeline once first (python -m flows.pipeline)"
         )
-    summary: dict[str, Any] = {"accepted": [], "rejected": []}
+    summary: dict[str, Any] = {"labels": labels, "accepted": [], "rejected": []}
     for f in files:
         checked = validate_file(str(f), root, validate_cmd or VALIDATE_CMD.split())
         if checked["valid"]:

@@ -37,6 +37,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 CKPT_TAG = "rlhf.checkpoint_sha256"  # identity of the weights: a version is reused when they match
 CODE = {ACTOR: ROOT / "tasks" / "actor_model.py", CRITIC: ROOT / "tasks" / "scorer_model.py"}
 CODE[REWARD_MODEL] = CODE[CRITIC]
+FEEDBACK_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")  # what tasks/preferences.py merges
 # What a served model needs; given explicitly, which also skips MLflow's ~5 s requirement inference.
 REQUIREMENTS = ["mlflow", "torch", "tokenizers", "safetensors", "numpy", "pandas"]
 
@@ -122,6 +123,13 @@ def stage_lineage(lock: Mapping[str, Any], stage: str) -> dict[str, str]:
     tags["lineage.params_hash"] = params_hash(params)
     tags["lineage.params"] = json.dumps(params, sort_keys=True, default=str)
     return tags
+
+
+def feedback_lineage(root: Path) -> dict[str, str]:
+    """The files of data/feedback/ the preferences stage merged (the retraining flow's accepted files)."""
+    folder = root / "data" / "feedback"
+    files = sorted(p.name for p in folder.glob("*") if p.suffix in FEEDBACK_SUFFIXES) if folder.exists() else []
+    return {"lineage.feedback_files": json.dumps(files)} if files else {}
 
 
 # --- registration ------------------------------------------------------------------------------------------
@@ -216,7 +224,7 @@ def register_pipeline(root: Path | None = None, parent_run_id: str | None = None
 
     root = root or workdir()
     lock = read_lock(root)
-    commit = {"lineage.git_commit": tracking.git_commit(root)}
+    commit = {"lineage.git_commit": tracking.git_commit(root), **feedback_lineage(root)}
     exp_id = tracking.setup()
     with mlflow.start_run(
         experiment_id=exp_id,
