@@ -20,7 +20,7 @@ from rlhf.generate import SamplingConfig, generate_text
 from rlhf.io import atomic_path
 from rlhf.tokenizer import ChatTokenizer
 from tasks import tracking
-from tasks.common import cli, load_params, path, section, write_metrics
+from tasks.common import cli, load_params, path, section, stage_main, write_metrics
 from tasks.prepare import DataParams
 
 OUT = "data/preferences/pairs.parquet"
@@ -145,6 +145,7 @@ def run(params: dict) -> dict:
     return metrics
 
 
+@stage_main
 def main() -> None:
     cli(__doc__)
     torch.set_grad_enabled(False)

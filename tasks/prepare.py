@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from rlhf.data import DataError, read_demos, read_prompts, read_table
 from rlhf.io import write_jsonl, write_text
-from tasks.common import cli, load_params, path, section
+from tasks.common import cli, load_params, path, section, stage_main
 
 OUT = "data/prepared"
 WORLD = {
@@ -74,6 +74,7 @@ def run(cfg: DataParams) -> dict:
     return {"documents": len(docs), "demos": len(demos), **{n: len(df) for n, df in prompts.items()}}
 
 
+@stage_main
 def main() -> None:
     cli(__doc__)
     print(run(section(load_params(), "data", DataParams)))

@@ -36,7 +36,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from rlhf.data import DataError, read_prompts, read_table
 from rlhf.io import atomic_dir, write_json
 from rlhf.tokenizer import ChatTokenizer
-from tasks.common import load_params, params_path, path, section
+from tasks.common import load_params, params_path, path, section, stage_main
 
 SUITES = {"demos": "demonstrations", "preferences": "preference_pairs"}
 TEXT = {"demos": ("prompt", "response"), "preferences": ("prompt", "chosen", "rejected")}
@@ -357,6 +357,7 @@ def _defaults(kind: str, params_file: Path | None) -> dict[str, Any]:
     }
 
 
+@stage_main
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=sorted(SUITES))
