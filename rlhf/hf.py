@@ -299,6 +299,9 @@ class HFChatTokenizer(ChatTokenizer):
     def decode_plain(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=True)
 
+    def _vocab(self) -> Any:
+        return self.hf.get_vocab()
+
     @property
     def control_strings(self) -> list[str]:
         """Its special tokens (BOS, EOS, pad, the chat template's markers when registered as special)."""

@@ -10,6 +10,7 @@ The format, used by SFT, the reward model, PPO and evaluation alike:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -89,6 +90,15 @@ class ChatTokenizer:
     @property
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for: a byte-level token's string has one character per byte,
+        and text has at most as many characters as bytes (a bound on a text's tokens without encoding it)."""
+        return max(len(t) for t in self._vocab())
+
+    def _vocab(self) -> Iterable[str]:
+        return self.tok.get_vocab()
 
     @property
     def control_strings(self) -> list[str]:
