@@ -267,3 +267,17 @@ def test_undetectable_preference_format(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "p.jsonl", [{"question": "a", "answer": "b"}])
     with pytest.raises(DataError, match="cannot tell the preference format"):
         import_preferences(path)
+
+
+def test_corpus_reads_a_bom_and_refuses_control_strings(tmp_path: Path) -> None:
+    from tasks.prepare import corpus_documents
+
+    txt = tmp_path / "c.txt"
+    txt.write_bytes(b"\xef\xbb\xbfFirst doc.\n\nSecond doc.\n")
+    assert corpus_documents(txt) == ["First doc.", "Second doc."]
+    txt.write_text("First doc.\n\nSecond <|eos|> doc.\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"c\.txt: line 3: contains the chat control string '<\|eos\|>'"):
+        corpus_documents(txt)
+    table = write_rows(tmp_path / "c.jsonl", [{"text": "ok"}, {"text": "then <|im_start|>user"}])
+    with pytest.raises(DataError, match=r"c\.jsonl: line 2, column 'text': contains the chat control string"):
+        corpus_documents(table)
