@@ -9,6 +9,7 @@ import sys
 import typing
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import working_root
@@ -127,13 +128,14 @@ def empty_root(tmp_path_factory):
 def _main_error(module: str, argv: list[str], capsys) -> str:
     """Run a stage's main as `python -m module argv`; its exit status must be 2 and stderr one line."""
     mod = importlib.import_module(module)
-    old = sys.argv
+    old, grad = sys.argv, torch.is_grad_enabled()
     sys.argv = [module, *argv]
     try:
         with pytest.raises(SystemExit) as exit_info:
             mod.main()
-    finally:
+    finally:  # a stage's main may set process-wide state (preferences turns autograd off): not for the next test
         sys.argv = old
+        torch.set_grad_enabled(grad)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err
     assert "Traceback" not in err and err.count("\n") == 1, err
