@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from rlhf.tokenizer import find_control
+
 HH_MARKER = "Assistant:"  # Anthropic-HH transcripts: "\n\nHuman: ...\n\nAssistant: ..."
 PREF_COLUMNS = {  # format -> the columns it needs
     "trl": ["prompt", "chosen", "rejected"],
@@ -54,17 +56,23 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def _decoded_lines(path: Path) -> list[tuple[int, str]]:
-    """(1-based line number, text) of every line; decoding line by line lets a bad byte be located."""
+    """(1-based line number, text) of every line; decoding line by line lets a bad byte be located. A UTF-8 byte
+    order mark (Excel and many Windows tools write one) is dropped: "utf-8-sig" on the first line."""
     out = []
     for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
         try:
-            out.append((lineno, raw.decode("utf-8")))
+            out.append((lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")))
         except UnicodeDecodeError as e:
             raise DataError(
                 f"{path}: line {lineno}: invalid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}: "
                 f"{e.reason}); re-save the file as UTF-8"
             ) from e
     return out
+
+
+def read_text(path: str | Path) -> str:
+    """A whole text file (a .txt corpus) as the readers decode it: UTF-8, a BOM dropped, a bad byte located."""
+    return "\n".join(text for _, text in _decoded_lines(Path(path)))
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
@@ -90,7 +98,7 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
 def _read_csv(path: Path) -> pd.DataFrame:
     # The csv module (not pandas) so every value stays the string in the file and each record keeps the line
     # it starts on, even when a quoted field spans lines.
-    text = "\n".join(t for _, t in _decoded_lines(path))
+    text = read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:
@@ -138,7 +146,16 @@ def _text_rule(value: Any) -> str | None:
         return f"not a string (got {type(value).__name__} {value!r})"
     if not value.strip():
         return "empty or whitespace-only string"
-    return None
+    return control_rule(value)
+
+
+def control_rule(text: str) -> str | None:
+    """Why `text` may not enter training (a chat control string in it), or None. Import knows no tokenizer yet:
+    it refuses the project's markers and every `<|name|>`; the gate adds the tokenizer's own (rlhf.tokenizer)."""
+    found = find_control(text)
+    if found is None:
+        return None
+    return f"contains the chat control string {found!r}, which would encode as a turn marker; remove it"
 
 
 def _require_text(path: Path, df: pd.DataFrame, columns: Sequence[str]) -> None:

@@ -296,6 +296,18 @@ class HFChatTokenizer(ChatTokenizer):
     def decode(self, ids: Any) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)
 
+    def decode_plain(self, ids: list[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=True)
+
+    def _vocab(self) -> Any:
+        return self.hf.get_vocab()
+
+    @property
+    def control_strings(self) -> list[str]:
+        """Its special tokens (BOS, EOS, pad, the chat template's markers when registered as special)."""
+        added = [t.content for t in self.hf.added_tokens_decoder.values() if t.special]
+        return sorted({*self.hf.all_special_tokens, *added})
+
     def encode_prompt(self, prompt: str) -> list[int]:
         """The tokens a policy is conditioned on: the chat template's user turn and assistant header."""
         if self.hf.chat_template:

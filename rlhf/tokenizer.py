@@ -10,6 +10,8 @@ The format, used by SFT, the reward model, PPO and evaluation alike:
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +20,25 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 PAD, EOS, USER, ASSISTANT = "<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>"
 SPECIAL_TOKENS = [PAD, EOS, USER, ASSISTANT]  # ids 0..3, in this order
 HF_TOKENIZER_CONFIG = "tokenizer_config.json"  # marks a Hugging Face tokenizer's directory
+CONTROL_PATTERN = r"<\|[^|\s<>]{1,64}\|>"
+"""the `<|name|>` shape of our markers and of most chat formats' (`<|endoftext|>`, `<|im_start|>`)"""
+
+
+def control_regex(controls: Iterable[str] = SPECIAL_TOKENS) -> str:
+    """One regex matching any of `controls` (a tokenizer's `control_strings`) or any `<|name|>` string.
+
+    User text that contains one is refused (by import, the gate and the served actor) rather than escaped: the
+    tokenizer would encode it as the control token itself, forging a turn boundary or an EOS, and a user's
+    text with such a string in it is a transcript of another chat format or an injection; either way the
+    user must decide what it means, and silently rewriting it would train on text the user never wrote."""
+    alternatives = [re.escape(c) for c in sorted({c for c in controls if c.strip()}, key=len, reverse=True)]
+    return "|".join([*alternatives, CONTROL_PATTERN])
+
+
+def find_control(text: str, controls: Iterable[str] = SPECIAL_TOKENS) -> str | None:
+    """The first control string in `text` (see control_regex), or None when it is plain text."""
+    m = re.search(control_regex(controls), text)
+    return m.group(0) if m else None
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> ChatTokenizer:
@@ -70,6 +91,20 @@ class ChatTokenizer:
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
 
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for: a byte-level token's string has one character per byte,
+        and text has at most as many characters as bytes (a bound on a text's tokens without encoding it)."""
+        return max(len(t) for t in self._vocab())
+
+    def _vocab(self) -> Iterable[str]:
+        return self.tok.get_vocab()
+
+    @property
+    def control_strings(self) -> list[str]:
+        """Every string this tokenizer encodes as a special token when it appears in text."""
+        return sorted(t.content for t in self.tok.get_added_tokens_decoder().values() if t.special)
+
     def encode(self, text: str) -> list[int]:
         """Plain text -> ids (special-token strings inside the text become their special ids)."""
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -87,11 +122,15 @@ class ChatTokenizer:
         return [*self.encode(response), self.eos_id]
 
     def decode_response(self, ids: Iterable[int]) -> str:
-        """Response ids -> text, stopping at the first EOS and dropping pads."""
+        """Response ids -> text, stopping at the first EOS and dropping pads and any other control token (a
+        sampled `<|user|>` would otherwise become text that the gate refuses and that re-encodes as a marker)."""
         out = []
         for i in ids:
             if i == self.eos_id:
                 break
             if i != self.pad_id:
                 out.append(i)
-        return self.decode(out)
+        return self.decode_plain(out)
+
+    def decode_plain(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)

@@ -3,9 +3,11 @@ nothing is pickled). Its one artifact, `checkpoint`, is a checkpoint directory (
 config.json, tokenizer.json); the core package `rlhf` travels with it as code, so `mlflow models serve`
 needs no checkout.
 
-Input: a DataFrame with a `prompt` column. Params (optional, per request): max_new_tokens, temperature, seed.
-Output: a DataFrame with one `response` per prompt. Serving request:
+Input: a DataFrame with a `prompt` column. Params (optional, per request): max_new_tokens, temperature, top_p,
+seed. Output: a DataFrame with one `response` per prompt. Serving request:
     {"dataframe_records": [{"prompt": "..."}], "params": {"max_new_tokens": 32, "temperature": 0.7}}
+A bad request (a param out of range, a prompt too long for the context or holding a chat control string) is
+refused before any generation with HTTP 400 and a one-line reason (rlhf.serving).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 import mlflow
 
-DEFAULTS: dict[str, Any] = {"max_new_tokens": 48, "temperature": 0.7, "seed": 0}
+DEFAULTS: dict[str, Any] = {"max_new_tokens": 48, "temperature": 0.7, "top_p": 1.0, "seed": 0}
 
 
 class ActorModel(mlflow.pyfunc.PythonModel):
@@ -32,24 +35,35 @@ class ActorModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
-        from rlhf.generate import SamplingConfig, generate_text
+        from rlhf.serving import RequestError
+
+        try:
+            return self._generate(model_input, params or {})
+        except RequestError as e:  # MLflow's scoring server answers this code with 400, message only
+            raise MlflowException.invalid_parameter_value(str(e)) from None
+
+    def _generate(self, model_input: pd.DataFrame, params: dict) -> pd.DataFrame:
+        from dataclasses import replace
+
+        from rlhf import serving
+        from rlhf.generate import generate_text
 
         if "prompt" not in model_input.columns:
-            raise ValueError(f"the actor needs a 'prompt' column; got columns {list(model_input.columns)}")
-        p = {**DEFAULTS, **{k: v for k, v in (params or {}).items() if v is not None}}
-        prompts = [str(x) for x in model_input["prompt"]]
+            raise serving.RequestError(f"the actor needs a 'prompt' column; got columns {list(model_input.columns)}")
+        block = self.model.cfg.block_size
+        defaults = {**DEFAULTS, "max_new_tokens": min(DEFAULTS["max_new_tokens"], block)}  # as the signature's
+        sampling, seed = serving.sampling({**defaults, **{k: v for k, v in params.items() if v is not None}}, block)
+        prompts = serving.texts(model_input["prompt"].tolist(), "prompt", self.tokenizer, block)
         # Prompt + response must fit the context: shorten the response rather than fail the request.
         longest = max((len(self.tokenizer.encode_prompt(x)) for x in prompts), default=0)
-        room = self.model.cfg.block_size - longest
+        room = block - longest
         if room < 1:
-            raise ValueError(
-                f"a prompt of {longest} tokens leaves no room in the model's context of "
-                f"{self.model.cfg.block_size} tokens; send a shorter prompt"
+            raise serving.RequestError(
+                f"a prompt of {longest} tokens leaves no room in the model's context of {block} tokens; "
+                "send a shorter prompt"
             )
-        sampling = SamplingConfig(
-            max_new_tokens=min(int(p["max_new_tokens"]), room), temperature=float(p["temperature"])
-        )
-        responses = generate_text(self.model, self.tokenizer, prompts, sampling, seed=int(p["seed"]))
+        sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, room))
+        responses = generate_text(self.model, self.tokenizer, prompts, sampling, seed=seed)
         return pd.DataFrame({"response": responses})
 
 

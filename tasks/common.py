@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
+import sys
+import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from rlhf.data import DataError
 from rlhf.io import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,36 +31,129 @@ def params_path() -> Path:
 def load_params(path: Path | None = None) -> dict[str, Any]:
     path = path or params_path()
     with open(path, encoding="utf-8") as f:
-        params = yaml.safe_load(f) or {}
+        try:
+            params = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ParamError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(params, dict):
-        raise ValueError(f"{path}: expected a mapping of stage sections at the top level")
+        raise ParamError(f"{path}: expected a mapping of stage sections at the top level")
     return params
+
+
+class ParamError(ValueError):
+    """A params.yaml value breaks a rule (unknown key, wrong type, out of range); the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric param may take: lo/hi bounds, each inclusive unless open."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def holds(self, x: float) -> bool:
+        if not math.isfinite(x):
+            return False
+        above = self.lo is None or (x > self.lo if self.lo_open else x >= self.lo)
+        below = self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return "finite"
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_1, FINITE = Range(0, lo_open=True), Range(0), Range(1), Range()
+SHARE, FRACTION = Range(0, 1), Range(0, 1, hi_open=True)
+RANGES: dict[str, Range] = {
+    # The one table of numeric params, by field name (a name means the same thing in every section); every int or
+    # float field of a params dataclass must appear here (tests/test_params.py checks), so none goes unchecked.
+    # Cross-field rules (n_embd % n_head, batch_size % mini_batches) stay in the dataclasses' __post_init__.
+    **dict.fromkeys(["lr", "critic_lr", "kl_target", "cliprange", "cliprange_value", "corpus_chars"], POSITIVE),
+    **dict.fromkeys(
+        ["steps", "batch_size", "mini_batches", "ppo_epochs", "iterations", "epochs", "max_new_tokens", "n_samples"],
+        AT_LEAST_1,
+    ),
+    **dict.fromkeys(
+        ["vocab_size", "block_size", "n_layer", "n_head", "n_embd", "kl_horizon", "patience", "eval_every"],
+        AT_LEAST_1,
+    ),
+    **dict.fromkeys(["n_boot", "nproc_per_node", "min_demos", "min_pairs", "max_prompt_tokens"], AT_LEAST_1),
+    "k": Range(2),  # a ranking of one response gives no pair
+    **dict.fromkeys(["warmup_steps", "checkpoint_every", "snapshot_every", "probe_prompts"], NON_NEGATIVE),
+    **dict.fromkeys(["n_prompts", "curve_prompts", "eval_prompts", "seed", "labeler_seed"], NON_NEGATIVE),
+    **dict.fromkeys(["n_demos", "n_pref_prompts", "n_ppo_prompts", "n_eval_prompts"], NON_NEGATIVE),
+    **dict.fromkeys(["weight_decay", "grad_clip", "kl_coef", "vf_coef", "ent_coef"], NON_NEGATIVE),
+    "missing_eos_penalty": NON_NEGATIVE,
+    # 0 is greedy decoding where a temperature only samples; PPO, which divides its logits, refuses 0 itself
+    **dict.fromkeys(["temperature", "eval_temperature", "sample_temperature", "labeler_temperature"], NON_NEGATIVE),
+    **dict.fromkeys(["careful", "terse", "chatty", "sloppy"], NON_NEGATIVE),
+    **dict.fromkeys(["gamma", "lam", "min_lr_ratio"], SHARE),
+    **dict.fromkeys(["heldout_frac", "val_frac", "dropout"], FRACTION),
+    "labeler_length_bias": FINITE,
+}
 
 
 def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
     """Build the dataclass `cls` from params[name]; unknown or missing keys are errors that name the file."""
     raw = params.get(name)
     if raw is None:
-        raise KeyError(f"{params_path()}: no section '{name}'")
+        raise ParamError(f"{params_path()}: no section '{name}'")
     return build_dataclass(cls, raw, where=f"{params_path()}:{name}")
 
 
 def build_dataclass(cls: type[T], raw: dict[str, Any], where: str) -> T:
+    """The params dataclass `cls` from a mapping, every value checked first: known key, the field's type, the
+    field's range (RANGES), then the dataclass's own cross-field rules. Any break is a ParamError naming the key:
+    this runs before a stage loads a model, so a bad value costs no time."""
+    if not isinstance(raw, dict):
+        raise ParamError(f"{where}: expected a mapping of keys, got {type(raw).__name__} {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise KeyError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        raise ParamError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in raw.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = build_dataclass(hint, value, f"{where}.{key}")
-        kwargs[key] = value
+    kwargs = {key: _checked(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
+    for key, value in kwargs.items():
+        rule = RANGES.get(key)
+        if rule is not None and isinstance(value, int | float) and not rule.holds(value):
+            raise ParamError(f"{where}.{key}: must be {rule}, got {value!r}")
     try:
         return cls(**kwargs)
-    except TypeError as e:
-        raise KeyError(f"{where}: {e}") from e
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ParamError(f"{where}: {e}") from e
+
+
+def _checked(value: Any, hint: Any, where: str) -> Any:
+    """`value` as the field type `hint` wants it (an int where a float is asked becomes a float), or a ParamError."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))  # our optional fields have one other type
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return build_dataclass(hint, value, where)
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(hint, True)  # other annotations: left to the dataclass
+    if not ok:
+        got = "null" if value is None else f"{type(value).__name__} {value!r}"
+        hint_s = getattr(hint, "__name__", str(hint))
+        yaml_hint = ""
+        if hint in (int, float) and isinstance(value, str):
+            yaml_hint = " (YAML reads 1e-3 as a string: write 1.0e-3)" if "e" in value.lower() else ""
+        raise ParamError(f"{where}: expected {hint_s}, got {got}{yaml_hint}")
+    return float(value) if hint is float else value
 
 
 def workdir() -> Path:
@@ -86,3 +184,24 @@ def cli(description: str) -> argparse.Namespace:
     if args.params is not None:
         os.environ["RLHF_PARAMS"] = str(args.params.resolve())
     return args
+
+
+USER_ERRORS = (DataError, ParamError, FileNotFoundError)
+"""what a user fixes in their files or params: reported as one message, not a traceback"""
+
+
+def stage_main(main: Callable[[], Any]) -> Callable[[], Any]:
+    """Wrap a stage's `main`: a user's error (bad data, bad params, a missing file) prints its message alone on
+    stderr and exits 2; anything else is a bug and keeps its traceback. RLHF_TRACEBACK=1 shows it for all."""
+
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as e:
+            if os.environ.get("RLHF_TRACEBACK") == "1":
+                raise
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapped

@@ -24,7 +24,7 @@ from rlhf.io import write_json, write_jsonl
 from rlhf.judges import RewardModelJudge, load_judge
 from rlhf.tokenizer import ChatTokenizer
 from tasks import tracking
-from tasks.common import build_dataclass, load_params, path
+from tasks.common import build_dataclass, load_params, path, stage_main
 from tasks.plots import plot_overoptimization, write_csv
 from tasks.report import write_report
 
@@ -183,6 +183,7 @@ def _flat(prefix: str, d: dict) -> dict[str, float]:
     return out
 
 
+@stage_main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=None)

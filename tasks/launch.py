@@ -40,10 +40,7 @@ class RuntimeParams:
 
 def runtime_params(params: Mapping[str, Any]) -> RuntimeParams:
     """params['runtime'], defaults when absent (params files written before the section existed)."""
-    rp = build_dataclass(RuntimeParams, params.get("runtime") or {}, "params.yaml:runtime")
-    if rp.nproc_per_node < 1:
-        raise ValueError(f"params.yaml:runtime.nproc_per_node must be at least 1, got {rp.nproc_per_node}")
-    return rp
+    return build_dataclass(RuntimeParams, params.get("runtime") or {}, "params.yaml:runtime")
 
 
 def torchrun_command(module: str, nproc_per_node: int, args: list[str]) -> list[str]:

@@ -37,7 +37,7 @@ from rlhf.ppo_trainer import PPOConfig, PPOState, ScoreFn, check_batch_sizes, ma
 from rlhf.rollout import Rollout, reward_model_scores
 from rlhf.tokenizer import ChatTokenizer
 from tasks import launch, tracking
-from tasks.common import build_dataclass, path, write_metrics
+from tasks.common import build_dataclass, path, stage_main, write_metrics
 from tasks.plots import plot_curves, write_csv
 
 STATE = "state/ppo"
@@ -208,6 +208,7 @@ def _write_outputs(state: PPOState, history: list[dict[str, float]], tr: trackin
             shutil.copytree(snapshots, tmp / "snapshots")
 
 
+@stage_main
 def main() -> None:
     launch.main("tasks.ppo", __doc__, run)
 

@@ -20,7 +20,7 @@ from rlhf.generate import SamplingConfig, generate_text
 from rlhf.io import atomic_path
 from rlhf.tokenizer import ChatTokenizer
 from tasks import tracking
-from tasks.common import cli, load_params, path, section, write_metrics
+from tasks.common import cli, load_params, path, section, stage_main, write_metrics
 from tasks.prepare import DataParams
 
 OUT = "data/preferences/pairs.parquet"
@@ -72,9 +72,13 @@ def collect_world(cfg: PreferenceParams) -> tuple[pd.DataFrame, dict]:
     responses = generate_text(model, tok, [p for p in texts for _ in range(cfg.k)], sampling, seed=cfg.seed)
     labeler = SimulatedLabeler(cfg.labeler_temperature, cfg.labeler_length_bias, cfg.labeler_seed)
     sft_hash = file_hash(sft_dir / "model.safetensors")
-    rows = []
+    rows, empty = [], 0
     for i, (pid, prompt) in enumerate(zip(prompts["id"], texts, strict=True)):
-        group = responses[i * cfg.k : (i + 1) * cfg.k]
+        sampled = responses[i * cfg.k : (i + 1) * cfg.k]
+        # A model that emits EOS at once gives an empty answer: no labeler would rank it, and the gate refuses
+        # blank texts, so it is left out of its group (counted in the metrics) rather than written as a pair.
+        group = [r for r in sampled if r.strip()]
+        empty += len(sampled) - len(group)
         ranking = labeler.rank(prompt, group)
         rank_of = {idx: r for r, idx in enumerate(ranking)}
         for better, worse in ranking_to_pairs(group, ranking):
@@ -102,7 +106,9 @@ def collect_world(cfg: PreferenceParams) -> tuple[pd.DataFrame, dict]:
         "labeler_ceiling": sum(labeler.pair_ceiling(p, c, r) for p, c, r in triples) / max(1, len(df)),
         # how often the labeler's choice is also the gold judge's
         "labeler_gold_agreement": sum(gold(p, c) > gold(p, r) for p, c, r in triples) / max(1, len(df)),
-        "pairs_dropped": len(prompts) * cfg.k * (cfg.k - 1) // 2 - len(df),  # identical texts or repeated pairs
+        # pairs of k responses not written: identical texts, repeated pairs, or an empty response in them
+        "pairs_dropped": len(prompts) * cfg.k * (cfg.k - 1) // 2 - len(df),
+        "empty_responses": empty,  # samples left out for being empty or blank
     }
     return df, stats
 
@@ -145,6 +151,7 @@ def run(params: dict) -> dict:
     return metrics
 
 
+@stage_main
 def main() -> None:
     cli(__doc__)
     torch.set_grad_enabled(False)

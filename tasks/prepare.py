@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlhf.data import DataError, read_demos, read_prompts, read_table
+from rlhf.data import DataError, control_rule, read_demos, read_prompts, read_table, read_text
 from rlhf.io import write_jsonl, write_text
-from tasks.common import cli, load_params, path, section
+from tasks.common import cli, load_params, path, section, stage_main
 
 OUT = "data/prepared"
 WORLD = {
@@ -48,12 +48,19 @@ def source(cfg: DataParams, name: str):
 
 def corpus_documents(src) -> list[str]:
     if src.suffix == ".txt":
-        docs = src.read_text(encoding="utf-8").split("\n\n")
+        text = read_text(src)
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if (rule := control_rule(line)) is not None:
+                raise DataError(f"{src}: line {lineno}: {rule}")
+        docs = text.split("\n\n")
     else:
         df = read_table(src)
         if "text" not in df.columns:
             raise DataError(f"{src}: a corpus table needs a 'text' column (found {list(df.columns)})")
         docs = [str(t) for t in df["text"]]
+        for label, doc in zip(df.index, docs, strict=True):
+            if (rule := control_rule(doc)) is not None:
+                raise DataError(f"{src}: {df.index.name} {label}, column 'text': {rule}")
     docs = [d.strip() for d in docs if d.strip()]
     if not docs:
         raise DataError(f"{src}: the corpus has no documents")
@@ -74,6 +81,7 @@ def run(cfg: DataParams) -> dict:
     return {"documents": len(docs), "demos": len(demos), **{n: len(df) for n, df in prompts.items()}}
 
 
+@stage_main
 def main() -> None:
     cli(__doc__)
     print(run(section(load_params(), "data", DataParams)))

@@ -19,7 +19,7 @@ from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.model import GPT, GPTConfig
 from rlhf.tokenizer import ChatTokenizer
 from tasks import launch
-from tasks.common import build_dataclass, path, section, write_metrics
+from tasks.common import build_dataclass, path, section, stage_main, write_metrics
 
 TOKENIZER = "data/tokenizer/tokenizer.json"
 EVAL_BATCHES = 8
@@ -95,6 +95,7 @@ def run(params: dict) -> dict:
     return metrics
 
 
+@stage_main
 def main() -> None:
     launch.main("tasks.pretrain", __doc__, run)
 

@@ -142,15 +142,18 @@ def pip_requirements(hf: bool = False) -> list[str]:
     return [f"{name}=={dist_version(name).split('+')[0]}" for name in names]
 
 
-def signature(name: str) -> Any:
+def signature(name: str, block_size: int = 128) -> Any:
+    """Inputs, outputs and (the actor's) params with their defaults; MLflow fills the defaults into every request,
+    so the default response length is cut to the model's context (a longer one is refused: rlhf.serving)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     if name == ACTOR:
         params = ParamSchema(
             [
-                ParamSpec("max_new_tokens", "long", 48),
+                ParamSpec("max_new_tokens", "long", min(48, block_size)),
                 ParamSpec("temperature", "double", 0.7),
+                ParamSpec("top_p", "double", 1.0),
                 ParamSpec("seed", "long", 0),
             ]
         )
@@ -187,6 +190,7 @@ def register(name: str, checkpoint: Path, tags: Mapping[str, str]) -> tuple[Any,
     existing = find_version(name, sha)
     if existing is not None:
         return existing, False
+    config = read_config(checkpoint)
     with warnings.catch_warnings():
         # No input example on purpose: MLflow would load and run the model to check it (docs/lifecycle.md
         # shows a request instead).
@@ -196,8 +200,8 @@ def register(name: str, checkpoint: Path, tags: Mapping[str, str]) -> tuple[Any,
             python_model=str(CODE[name]),
             artifacts={"checkpoint": str(checkpoint)},
             code_paths=[str(ROOT / "rlhf")],
-            pip_requirements=pip_requirements(hf=read_config(checkpoint).get("backend") == "hf"),
-            signature=signature(name),
+            pip_requirements=pip_requirements(hf=config.get("backend") == "hf"),
+            signature=signature(name, config["model"]["block_size"]),
             registered_model_name=name,
         )
     mc = client()

@@ -31,7 +31,7 @@ from rlhf.rollout import Rollout, reward_model_scores, sample_rollout
 from rlhf.stats import calibration_table, pairwise_accuracy, spearman
 from rlhf.tokenizer import ChatTokenizer
 from tasks import launch
-from tasks.common import build_dataclass, path, write_metrics
+from tasks.common import build_dataclass, path, stage_main, write_metrics
 from tasks.plots import plot_calibration, write_csv
 
 PAIRS = "data/preferences/pairs.parquet"
@@ -166,6 +166,7 @@ def measure(
     return measured, calibration(m, cfg.seed)
 
 
+@stage_main
 def main() -> None:
     launch.main("tasks.reward_model", __doc__, run)
 

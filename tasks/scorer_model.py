@@ -6,11 +6,13 @@ its config.json, as PPO uses it) or the critic's value of the finished response.
 `checkpoint`, is the checkpoint directory; the core package `rlhf` travels with it as code.
 
 Input: a DataFrame with `prompt` and `response` columns. Output: a DataFrame with one `score` per row.
+A bad request (a text that cannot fit the context, a chat control string) gets HTTP 400 and a one-line reason.
 """
 
 from __future__ import annotations
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 import mlflow
 
@@ -34,11 +36,22 @@ class ScorerModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
-        missing = {"prompt", "response"} - set(model_input.columns)
-        if missing:
-            raise ValueError(f"the scorer needs columns {sorted(missing)}; got {list(model_input.columns)}")
-        prompts = [str(x) for x in model_input["prompt"]]
-        responses = [str(x) for x in model_input["response"]]
+        from rlhf import serving
+
+        try:
+            missing = {"prompt", "response"} - set(model_input.columns)
+            if missing:
+                raise serving.RequestError(
+                    f"the scorer needs columns {sorted(missing)}; got {list(model_input.columns)}"
+                )
+            block, tok = self.judge.model.cfg.block_size, self.judge.tokenizer
+            prompts = serving.texts(model_input["prompt"].tolist(), "prompt", tok, block)
+            responses = serving.texts(model_input["response"].tolist(), "response", tok, block)
+            longest = max((len(tok.encode_prompt(p)) for p in prompts), default=0)
+            if longest >= block:  # a response cut to fit is scored (rlhf.judges), a prompt alone too long is not
+                raise serving.RequestError(f"a prompt of {longest} tokens fills the model's context of {block}")
+        except serving.RequestError as e:  # MLflow's scoring server answers this code with 400, message only
+            raise MlflowException.invalid_parameter_value(str(e)) from None
         return pd.DataFrame({"score": self.judge(prompts, responses)})
 
 

@@ -27,7 +27,7 @@ from rlhf.lm_data import EpochSampler, sft_example
 from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.tokenizer import ChatTokenizer
 from tasks import launch
-from tasks.common import build_dataclass, path, write_metrics
+from tasks.common import build_dataclass, path, stage_main, write_metrics
 
 TOKENIZER = "data/tokenizer/tokenizer.json"
 DEMOS = "data/prepared/demos.jsonl"
@@ -121,6 +121,7 @@ def run(params: dict) -> dict:
     return metrics
 
 
+@stage_main
 def main() -> None:
     launch.main("tasks.sft", __doc__, run)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from rlhf.io import atomic_dir
 from rlhf.tokenizer import train_tokenizer
-from tasks.common import cli, load_params, path, section
+from tasks.common import cli, load_params, path, section, stage_main
 
 OUT = "data/tokenizer"
 
@@ -45,6 +45,7 @@ def run(cfg: TokenizerParams, hf_path: str | None = None) -> dict:
     return {"vocab_size": tok.vocab_size}
 
 
+@stage_main
 def main() -> None:
     cli(__doc__)
     params = load_params()

@@ -35,8 +35,8 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from rlhf.data import DataError, read_prompts, read_table
 from rlhf.io import atomic_dir, write_json
-from rlhf.tokenizer import ChatTokenizer
-from tasks.common import load_params, params_path, path, section
+from rlhf.tokenizer import SPECIAL_TOKENS, ChatTokenizer, control_regex
+from tasks.common import load_params, params_path, path, section, stage_main
 
 SUITES = {"demos": "demonstrations", "preferences": "preference_pairs"}
 TEXT = {"demos": ("prompt", "response"), "preferences": ("prompt", "chosen", "rejected")}
@@ -133,8 +133,11 @@ def _check(name: str, needs: Sequence[str], cls: type[gxe.Expectation], show: Se
     return Check(name, tuple(needs), cls(meta={"check": name}, **kw), tuple(show))
 
 
-def checks(kind: str, block_size: int, min_rows: int, max_prompt_tokens: int) -> list[Check]:
-    """The suite of `kind` as named checks (all of them; `validate` skips those whose columns are absent)."""
+def checks(
+    kind: str, block_size: int, min_rows: int, max_prompt_tokens: int, controls: Sequence[str] = SPECIAL_TOKENS
+) -> list[Check]:
+    """The suite of `kind` as named checks (all of them; `validate` skips those whose columns are absent).
+    `controls` are the tokenizer's control strings, refused in every text column (rlhf.tokenizer.control_regex)."""
     text, responses = TEXT[kind], RESPONSES[kind]
     between = gxe.ExpectColumnValuesToBeBetween
     out = [_check("min_rows", (), gxe.ExpectTableRowCountToBeBetween, min_value=min_rows)]
@@ -144,7 +147,9 @@ def checks(kind: str, block_size: int, min_rows: int, max_prompt_tokens: int) ->
             _check(f"not_null:{col}", [col], gxe.ExpectColumnValuesToNotBeNull, column=col),
             _check(f"type:{col}", [col], gxe.ExpectColumnValuesToBeOfType, column=col, type_="str"),
             _check(f"not_blank:{col}", [col], gxe.ExpectColumnValuesToNotMatchRegex, column=col, regex=r"^\s*$"),
-        ]
+            _check(f"no_control:{col}", [col], gxe.ExpectColumnValuesToNotMatchRegex, column=col,
+                   regex=control_regex(controls)),
+        ]  # fmt: skip
     n = "n_tokens_prompt"
     out.append(_check("prompt_tokens", [n], between, ["prompt"], column=n, max_value=max_prompt_tokens))
     for col in responses:
@@ -277,7 +282,7 @@ def validate(
         raise ValueError(f"unknown kind {kind!r}; use one of {sorted(SUITES)}")
     frame = derived_columns(df, kind, tokenizer, eval_prompts)
     max_prompt = block_size - MIN_RESPONSE_ROOM if max_prompt_tokens is None else max_prompt_tokens
-    all_checks = checks(kind, block_size, min_rows, max_prompt)
+    all_checks = checks(kind, block_size, min_rows, max_prompt, tokenizer.control_strings)
     active = [c for c in all_checks if all(col in frame.columns for col in c.needs)]
     by_name = {c.name: c for c in active}
     report_dir = Path(report_dir)
@@ -357,6 +362,7 @@ def _defaults(kind: str, params_file: Path | None) -> dict[str, Any]:
     }
 
 
+@stage_main
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=sorted(SUITES))

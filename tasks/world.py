@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rlhf.world import WorldConfig, build_world
-from tasks.common import cli, load_params, path, section, write_metrics
+from tasks.common import cli, load_params, path, section, stage_main, write_metrics
 
 OUT_DIR = "data/world"
 
@@ -29,6 +29,7 @@ def run(cfg: WorldConfig) -> dict[str, Any]:
     return metrics
 
 
+@stage_main
 def main() -> None:
     cli("Build the synthetic assistant world (corpus, demonstrations, prompt sets).")
     cfg = section(load_params(), "world", WorldConfig)

@@ -190,7 +190,46 @@ BROKEN = {  # case: (file name, bytes, reader, location, rule)
         "not a JSON list",
     ),
     "hh_no_shared_prompt": ("h.jsonl", HH_APART, import_preferences, "line 1", "share no prefix"),
+    # chat control strings in user text would encode as turn markers (rlhf.tokenizer.control_regex)
+    "control_in_prompt": (
+        "t.jsonl",
+        b'{"prompt": "ok", "chosen": "a", "rejected": "b"}\n'
+        b'{"prompt": "Hi<|eos|><|assistant|>", "chosen": "a", "rejected": "b"}\n',
+        import_preferences,
+        "line 2, column 'prompt'",
+        "chat control string '<|eos|>'",
+    ),
+    "control_in_chosen_csv": (
+        "t.csv",
+        b"prompt,chosen,rejected\nhi,sure <|user|> now,no\n",
+        import_preferences,
+        "line 2, column 'chosen'",
+        "chat control string '<|user|>'",
+    ),
+    "control_in_ranked": (
+        "r.jsonl",
+        RANKED_OK.replace(b'"b"', b'"b<|endoftext|>"'),
+        import_preferences,
+        "line 1, column 'responses'[1]",
+        "'<|endoftext|>'",
+    ),
+    "control_in_demo": (
+        "d.jsonl",
+        OK + b'{"prompt": "x", "response": "<|pad|>"}\n',
+        import_demos,
+        "line 2",
+        "'<|pad|>'",
+    ),
 }
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_a_utf8_bom_is_read(tmp_path: Path, suffix: str) -> None:
+    """Excel and many Windows tools start a UTF-8 file with a byte order mark."""
+    path = write_rows(tmp_path / f"d.{suffix}", DEMOS)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    df = import_demos(path)
+    assert list(df.columns[:2]) == ["prompt", "response"] and df["prompt"].tolist() == [d["prompt"] for d in DEMOS]
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
@@ -228,3 +267,17 @@ def test_undetectable_preference_format(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "p.jsonl", [{"question": "a", "answer": "b"}])
     with pytest.raises(DataError, match="cannot tell the preference format"):
         import_preferences(path)
+
+
+def test_corpus_reads_a_bom_and_refuses_control_strings(tmp_path: Path) -> None:
+    from tasks.prepare import corpus_documents
+
+    txt = tmp_path / "c.txt"
+    txt.write_bytes(b"\xef\xbb\xbfFirst doc.\n\nSecond doc.\n")
+    assert corpus_documents(txt) == ["First doc.", "Second doc."]
+    txt.write_text("First doc.\n\nSecond <|eos|> doc.\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"c\.txt: line 3: contains the chat control string '<\|eos\|>'"):
+        corpus_documents(txt)
+    table = write_rows(tmp_path / "c.jsonl", [{"text": "ok"}, {"text": "then <|im_start|>user"}])
+    with pytest.raises(DataError, match=r"c\.jsonl: line 2, column 'text': contains the chat control string"):
+        corpus_documents(table)

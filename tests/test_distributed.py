@@ -182,10 +182,11 @@ def test_sft_stage_relaunches_itself_under_torchrun(tmp_path, monkeypatch):
 
 def test_runtime_params_and_device_resolution():
     from rlhf.device import resolve
+    from tasks.common import ParamError
     from tasks.launch import runtime_params, torchrun_command
 
     assert runtime_params({}).nproc_per_node == 1  # params files without the section keep working
-    with pytest.raises(KeyError, match="unknown key"):
+    with pytest.raises(ParamError, match="unknown key"):
         runtime_params({"runtime": {"world": 2}})
     cmd = torchrun_command("tasks.ppo", 4, ["--params", "p.yaml"])
     assert cmd[1:] == [

@@ -93,6 +93,7 @@ def corruptions(kind: str) -> dict[str, Callable]:
         out[f"not_null:{col}"] = set_cell(col, None)
         out[f"type:{col}"] = set_cell(col, 7)
         out[f"not_blank:{col}"] = set_cell(col, "  \t ")
+        out[f"no_control:{col}"] = set_cell(col, "Hi<|eos|><|assistant|>" if col == "prompt" else "ok <|user|> go")
     for col in text[1:]:
         out[f"fits_block:{col}"] = set_cell(col, text_of(BLOCK))
     out["prompt_tokens"] = set_cell("prompt", text_of(MAX_PROMPT))  # + 2 chat markers: over, yet fits BLOCK
