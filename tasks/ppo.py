@@ -37,7 +37,7 @@ from rlhf.ppo_trainer import PPOConfig, PPOState, ScoreFn, check_batch_sizes, ma
 from rlhf.rollout import Rollout, reward_model_scores
 from rlhf.tokenizer import ChatTokenizer
 from tasks import launch, tracking
-from tasks.common import build_dataclass, path, stage_main, write_metrics
+from tasks.common import ParamError, build_dataclass, path, stage_main, write_metrics
 from tasks.plots import plot_curves, write_csv
 
 STATE = "state/ppo"
@@ -115,7 +115,10 @@ def run(params: dict) -> dict:
     core = PPOConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PPOConfig)})
     prompts = read_prompts(path("data/prepared/prompts_ppo.jsonl"))["prompt"].tolist()
     # Before any model loads: a batch the prompts or the processes cannot fill evenly is an error now.
-    check_batch_sizes(core, len(prompts), int(os.environ.get("WORLD_SIZE", "1")))
+    try:
+        check_batch_sizes(core, len(prompts), int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError as e:
+        raise ParamError(f"params.yaml:ppo: {e}") from e
     tok = ChatTokenizer.load(path("models/sft"))
     spec = params.get("judge", {}).get("gold", "none")
     gold = load_judge(spec) if spec != "none" else None
