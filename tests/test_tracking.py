@@ -107,3 +107,57 @@ def test_a_stale_parent_run_id_is_an_actionable_error(env: Path, monkeypatch: py
     monkeypatch.setenv(tracking.PARENT_ENV, "0" * 32)
     with pytest.raises(RuntimeError, match="unset it"), tracking.stage_run("sft", {}):
         pass
+
+
+KILLED_STAGE = """
+import sys, time
+from pathlib import Path
+from tasks import tracking
+
+with tracking.stage_run("ppo", {"ppo": {"lr": 1e-5}}, state_dir=Path(sys.argv[1])) as tr:
+    tr.log_metrics({"objective/kl": 1.0}, 1)
+    print(tr.run_id, flush=True)
+    time.sleep(600)  # killed here
+"""
+
+
+@pytest.mark.slow
+def test_after_a_kill_no_run_stays_running_and_the_resumed_stage_continues_its_run(env: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import mlflow
+    from tasks.common import ROOT
+
+    state = tmp_path / "state" / "ppo"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_STAGE, str(state)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    killed_run = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    client = mlflow.MlflowClient()
+    assert client.get_run(killed_run).info.status == "RUNNING"  # what kill -9 leaves behind
+    # The next run of the stage (same params, its training state still there) continues the killed run.
+    with tracking.stage_run("ppo", {"ppo": {"lr": 1e-5}}, state_dir=state) as tr:
+        assert tr.run_id == killed_run
+        tr.log_metrics({"objective/kl": 2.0}, 2)
+    assert [m.step for m in client.get_metric_history(killed_run, "objective/kl")] == [1, 2]
+    running = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'")
+    assert len(running) == 0
+    # Killed again, then restarted with other params: the orphan is ended KILLED and a new run starts.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_STAGE, str(state)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    second = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with tracking.stage_run("ppo", {"ppo": {"lr": 2e-5}}, state_dir=state) as tr:
+        assert tr.run_id != second
+    assert client.get_run(second).info.status == "KILLED"
+    running = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'")
+    assert len(running) == 0
