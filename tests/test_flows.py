@@ -337,3 +337,47 @@ def test_only_io_failures_are_retried() -> None:
 
     assert retried(ConnectionError("reset")) and retried(MlflowException("database is locked"))
     assert not retried(StageFailed("evaluate failed")) and not retried(ValueError("bad checkpoint"))
+
+
+@pytest.mark.slow
+def test_retraining_gate_imports_every_format_and_rejects_a_bad_file_alone(
+    harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real gate in the retraining flow: an Anthropic-HH file and a ranked file are accepted (imported as
+    the preferences stage will), a file repeating accepted pairs is rejected alone, its report naming its lines."""
+    import json
+
+    import pandas as pd
+
+    from flows.retrain import retrain_flow
+    from rlhf.tokenizer import train_tokenizer
+
+    root = tmp_path / "repo"
+    prompts = ["Say hello to Ada.", "Name a colour.", "Give me a fruit.", "Name a pet."]
+    answers = ["Hello, Ada!", "Blue.", "An apple.", "A cat.", "No.", "Red, I think.", "A stone.", "Hm."]
+    for folder in ("data/incoming", "data/feedback", "data/tokenizer", "data/prepared", "data/preferences"):
+        (root / folder).mkdir(parents=True)
+    train_tokenizer([*prompts, *answers] * 3, vocab_size=300).save(root / "data/tokenizer/tokenizer.json")
+    (root / "data/prepared/prompts_eval.jsonl").write_text(json.dumps({"prompt": "Name a prime number."}) + "\n")
+    (root / "params.yaml").write_text(yaml.safe_dump({"model": {"block_size": 64}}))
+    accepted = pd.DataFrame({"prompt": prompts[:2], "chosen": answers[:2], "rejected": answers[4:6]})
+    accepted.to_parquet(root / "data/preferences/pairs.parquet", index=False)
+    incoming = root / "data/incoming"
+    hh = [f"\n\nHuman: {prompts[2]}\n\nAssistant: {answers[2]}", f"\n\nHuman: {prompts[2]}\n\nAssistant: {answers[6]}"]
+    (incoming / "hh.jsonl").write_text(json.dumps({"chosen": hh[0], "rejected": hh[1]}) + "\n")
+    ranked = {"prompt": prompts[3], "responses": [answers[7], answers[3], answers[6]], "ranking": [1, 0, 2]}
+    (incoming / "ranked.jsonl").write_text(json.dumps(ranked) + "\n")
+    repeat = [{"prompt": prompts[3], "chosen": answers[3], "rejected": answers[0]}, accepted.iloc[1].to_dict()]
+    (incoming / "repeat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in repeat))
+    git(root, "init", "-q")
+    dvc_cli(root, "init", "-q")
+    monkeypatch.setenv("RLHF_TRACKING", "off")
+    monkeypatch.delenv("RLHF_PARAMS", raising=False)
+
+    summary = retrain_flow(root=str(root), run_pipeline=False)
+    assert sorted(Path(f).name.split("_", 1)[1] for f in summary["accepted"]) == ["hh.jsonl", "ranked.jsonl"]
+    assert summary["rejected"] == ["data/incoming/rejected/repeat.jsonl"]
+    report = json.loads((incoming / "rejected/repeat.jsonl/validation/preferences.json").read_text())
+    [failed] = [o for o in report["outcomes"] if not o["success"]]
+    assert failed["name"] == "not_in_existing" and [s["line"] for s in failed["samples"]] == [2]
+    assert report["source"].endswith("repeat.jsonl")

@@ -226,3 +226,49 @@ def test_passing_cli_exits_zero(tok: ChatTokenizer, tmp_path: Path, monkeypatch:
     assert main(["demos", *args]) == 0
     assert json.loads((work / "reports" / "demos.json").read_text())["success"]
     assert (work / "reports" / "demos_docs" / "index.html").is_file()
+
+
+def gate_inputs(tok: ChatTokenizer, where: Path) -> tuple[Path, Path]:
+    tok.save(where / "tokenizer.json")
+    (where / "eval.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in EVAL))
+    return where / "tokenizer.json", where / "eval.jsonl"
+
+
+def test_an_imported_file_is_reported_by_its_own_lines(tok: ChatTokenizer, tmp_path: Path) -> None:
+    """The gate imports a user's file as the preferences stage does (here Anthropic-HH transcripts) and names
+    the offending line of that file, not a row of the merged pairs."""
+    rows = [
+        {"chosen": f"\n\nHuman: {p}\n\nAssistant: {c}", "rejected": f"\n\nHuman: {p}\n\nAssistant: {r}"}
+        for p, c, r in zip(PROMPTS, RESPONSES, OTHER, strict=True)
+    ]
+    rows[2]["rejected"] = rows[2]["chosen"]  # line 4 (after a blank line 1): chosen == rejected
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text("\n" + "".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValidationFailed) as e:
+        run("preferences", hh, *gate_inputs(tok, tmp_path), block_size=BLOCK, report_dir=tmp_path / "r",
+            data_docs=False, import_format="auto")  # fmt: skip
+    (failed,) = e.value.report.failed
+    assert failed.name == "chosen_differs_from_rejected" and [s["line"] for s in failed.samples] == [4]
+    assert str(hh) in e.value.report.summary() and '"line": 4' in e.value.report.summary()
+
+
+def test_pairs_already_accepted_or_contradicted_are_rejected_by_line(tok: ChatTokenizer, tmp_path: Path) -> None:
+    accepted = tmp_path / "accepted.parquet"
+    pairs().to_parquet(accepted, index=False)
+    new = [  # line 1: new; line 2: a repeat of an accepted pair; line 3: the opposite of an accepted pair
+        {"prompt": PROMPTS[0], "chosen": OTHER[1], "rejected": RESPONSES[2]},
+        {"prompt": PROMPTS[1], "chosen": RESPONSES[1], "rejected": OTHER[1]},
+        {"prompt": PROMPTS[2], "chosen": OTHER[2], "rejected": RESPONSES[2]},
+    ]
+    file = tmp_path / "new.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in new))
+    inputs = gate_inputs(tok, tmp_path)
+    with pytest.raises(ValidationFailed) as e:
+        run("preferences", file, *inputs, block_size=BLOCK, report_dir=tmp_path / "r", data_docs=False,
+            import_format="trl", existing=[accepted])  # fmt: skip
+    failed = {o.name: [s["line"] for s in o.samples] for o in e.value.report.failed}
+    assert failed == {"not_in_existing": [2], "no_conflicting_pair": [3]}
+    file.write_text(json.dumps(new[0]) + "\n")
+    report = run("preferences", file, *inputs, block_size=BLOCK, report_dir=tmp_path / "r", data_docs=False,
+                 import_format="trl", existing=[accepted])  # fmt: skip
+    assert report.success and {"not_in_existing", "no_conflicting_pair"} <= {o.name for o in report.outcomes}
