@@ -395,7 +395,7 @@ class ValidateParams:
     """where <kind>.json and <kind>_docs/ go"""
 
 
-def _defaults(kind: str, params_file: Path | None) -> dict[str, Any]:
+def defaults(kind: str, params_file: Path | None) -> dict[str, Any]:
     """What params.yaml says for the options the command line leaves out (built-in defaults without it)."""
     if params_file is not None and not params_file.exists():
         raise FileNotFoundError(f"{params_file}: no such params file")
@@ -429,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     docs = not args.no_data_docs
     opts: dict[str, Any] = {"report_dir": Path(ValidateParams.report_dir)}
     try:
-        opts = _defaults(args.kind, args.params)
+        opts = defaults(args.kind, args.params)
         opts.update({k: v for k in opts if (v := getattr(args, k)) is not None})
         report = run(
             args.kind, args.input, args.tokenizer, args.eval_prompts, data_docs=docs,

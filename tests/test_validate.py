@@ -272,3 +272,46 @@ def test_pairs_already_accepted_or_contradicted_are_rejected_by_line(tok: ChatTo
     report = run("preferences", file, *inputs, block_size=BLOCK, report_dir=tmp_path / "r", data_docs=False,
                  import_format="trl", existing=[accepted])  # fmt: skip
     assert report.success and {"not_in_existing", "no_conflicting_pair"} <= {o.name for o in report.outcomes}
+
+
+def test_a_rejected_user_file_leaves_the_last_good_preferences_in_place(
+    tok: ChatTokenizer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`data.preferences: data/user/<bad>.jsonl`: the preferences stage gates the file before writing, so the
+    last good pairs and metrics stay, and DVC (persist) does not delete them before the stage runs either."""
+    import yaml
+
+    from rlhf.data import DataError
+    from tasks import preferences
+    from tasks.common import load_params
+    from tests.conftest import working_root
+
+    params = {
+        "data": {"preferences": "data/user/bad.jsonl", "preferences_format": "auto"},
+        "preferences": {},
+        "model": {"block_size": BLOCK},
+    }
+    root, mp = working_root(tmp_path_factory, "bad-user-prefs", yaml.safe_dump(params))
+    try:
+        rows = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(PROMPTS, RESPONSES, OTHER, strict=True)]
+        rows[2]["rejected"] = rows[2]["chosen"]  # line 3 breaks only a gate expectation
+        (root / "data/user/bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (root / "models/sft").mkdir(parents=True)
+        tok.save(root / "models/sft/tokenizer.json")
+        gate_inputs(tok, root)
+        (root / "data/prepared").mkdir(parents=True)
+        (root / "eval.jsonl").rename(root / "data/prepared/prompts_eval.jsonl")
+        outputs = [root / "data/preferences/pairs.parquet", root / "metrics/preferences.json"]
+        for out in outputs:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        pairs().to_parquet(outputs[0], index=False)
+        outputs[1].write_text('{"n_pairs": 4}\n')
+        before = [o.read_bytes() for o in outputs]
+        with pytest.raises(DataError, match=r"(?s)bad\.jsonl.*\"line\": 3.*left as they were.*dvc checkout"):
+            preferences.run(load_params())
+        assert [o.read_bytes() for o in outputs] == before
+    finally:
+        mp.undo()
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["preferences"]
+    assert stage["outs"] == [{"data/preferences/pairs.parquet": {"persist": True}}]
+    assert stage["metrics"] == [{"metrics/preferences.json": {"cache": False, "persist": True}}]
