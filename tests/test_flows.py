@@ -9,6 +9,7 @@ test runs the real pipeline at toy sizes with `dvc repro` and with the flow, on 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -381,3 +382,39 @@ def test_retraining_gate_imports_every_format_and_rejects_a_bad_file_alone(
     [failed] = [o for o in report["outcomes"] if not o["success"]]
     assert failed["name"] == "not_in_existing" and [s["line"] for s in failed["samples"]] == [2]
     assert report["source"].endswith("repeat.jsonl")
+
+
+FLAKY_STAGE = """
+import json, sys
+from pathlib import Path
+
+toy = json.loads(Path("toy.json").read_text())
+Path("models/ppo").mkdir(parents=True, exist_ok=True)
+Path("models/ppo/actor.txt").write_text(f"actor {toy['seed']}")
+Path("metrics").mkdir(exist_ok=True)
+if toy["fail"]:
+    sys.exit(1)  # a stage dying halfway: DVC had already deleted its outputs
+Path("metrics/ppo.json").write_text(json.dumps({"seed": toy["seed"]}))
+"""
+
+
+def test_a_failed_stage_leaves_its_last_good_outputs(tmp_path: Path) -> None:
+    """DVC deletes a stage's outputs before running it; after a failure the flow puts the last good ones back:
+    the cached ones from the DVC cache, the uncached metrics from a copy."""
+    from flows.pipeline import StageFailed, run_stage
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "stage.py").write_text(FLAKY_STAGE)
+    (root / "toy.json").write_text(json.dumps({"seed": 1, "fail": False}))
+    stage = {"cmd": "python stage.py", "deps": ["toy.json"], "outs": ["models/ppo"]}
+    stage["metrics"] = [{"metrics/ppo.json": {"cache": False}}]
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"ppo": stage}}))
+    git(root, "init", "-q")
+    dvc_cli(root, "init", "-q")
+    assert run_stage.fn("ppo", str(root), None)["ran"]
+    good = {p: (root / p).read_text() for p in ("models/ppo/actor.txt", "metrics/ppo.json")}
+    (root / "toy.json").write_text(json.dumps({"seed": 2, "fail": True}))
+    with pytest.raises(StageFailed, match="last good outputs of 'ppo' are back in place"):
+        run_stage.fn("ppo", str(root), None)
+    assert {p: (root / p).read_text() for p in good} == good
