@@ -121,24 +121,31 @@ with tracking.stage_run("ppo", {"ppo": {"lr": 1e-5}}, state_dir=Path(sys.argv[1]
 """
 
 
-@pytest.mark.slow
-def test_after_a_kill_no_run_stays_running_and_the_resumed_stage_continues_its_run(env: Path, tmp_path: Path) -> None:
+def start_and_kill_9(state: Path) -> str:
+    """A stage process that opens its run, logs step 1 and is killed -9; returns its run id."""
     import os
     import signal
     import subprocess
     import sys
 
-    import mlflow
     from tasks.common import ROOT
 
-    state = tmp_path / "state" / "ppo"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_STAGE, str(state)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    killed_run = proc.stdout.readline().strip()
+        [sys.executable, "-c", KILLED_STAGE, str(state)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    run_id = proc.stdout.readline().strip()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    return run_id
+
+
+@pytest.mark.slow
+def test_after_a_kill_no_run_stays_running_and_the_resumed_stage_continues_its_run(env: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    state = tmp_path / "state" / "ppo"
+    killed_run = start_and_kill_9(state)
     client = mlflow.MlflowClient()
     assert client.get_run(killed_run).info.status == "RUNNING"  # what kill -9 leaves behind
     # The next run of the stage (same params, its training state still there) continues the killed run.
@@ -149,13 +156,7 @@ def test_after_a_kill_no_run_stays_running_and_the_resumed_stage_continues_its_r
     running = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'")
     assert len(running) == 0
     # Killed again, then restarted with other params: the orphan is ended KILLED and a new run starts.
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_STAGE, str(state)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    second = proc.stdout.readline().strip()
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    second = start_and_kill_9(state)
     with tracking.stage_run("ppo", {"ppo": {"lr": 2e-5}}, state_dir=state) as tr:
         assert tr.run_id != second
     assert client.get_run(second).info.status == "KILLED"
