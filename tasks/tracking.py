@@ -240,7 +240,13 @@ def stage_run(
     if resumed is not None:
         with mlflow.start_run(run_id=resumed) as run:
             tracker = Tracker(run.info.run_id, client)
-            tracker.set_tags({**base_tags(stage), **(tags or {}), "rlhf.resumed": "true"})
+            moved = {}
+            parent = os.environ.get(PARENT_ENV)
+            if parent and parent != run.data.tags.get("mlflow.parentRunId"):
+                # under the pipeline run that finishes it; the interrupted pipeline run keeps a pointer
+                before = run.data.tags.get("mlflow.parentRunId")
+                moved = {"mlflow.parentRunId": parent, **({"rlhf.resumed_from_parent": before} if before else {})}
+            tracker.set_tags({**base_tags(stage), **(tags or {}), "rlhf.resumed": "true", **moved})
             yield tracker
         return
     parent = os.environ.get(PARENT_ENV) or None

@@ -141,18 +141,25 @@ def start_and_kill_9(state: Path) -> str:
 
 
 @pytest.mark.slow
-def test_after_a_kill_no_run_stays_running_and_the_resumed_stage_continues_its_run(env: Path, tmp_path: Path) -> None:
+def test_after_a_kill_no_run_stays_running_and_the_resumed_stage_continues_its_run(
+    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
 
     state = tmp_path / "state" / "ppo"
     killed_run = start_and_kill_9(state)
     client = mlflow.MlflowClient()
     assert client.get_run(killed_run).info.status == "RUNNING"  # what kill -9 leaves behind
-    # The next run of the stage (same params, its training state still there) continues the killed run.
-    with tracking.stage_run("ppo", {"ppo": {"lr": 1e-5}}, state_dir=state) as tr:
-        assert tr.run_id == killed_run
-        tr.log_metrics({"objective/kl": 2.0}, 2)
+    # The next run of the stage (same params, its training state still there) continues the killed run, under
+    # the pipeline run that finishes it.
+    with tracking.pipeline_run("pipeline 2") as parent:
+        monkeypatch.setenv(tracking.PARENT_ENV, parent.run_id)
+        with tracking.stage_run("ppo", {"ppo": {"lr": 1e-5}}, state_dir=state) as tr:
+            assert tr.run_id == killed_run
+            tr.log_metrics({"objective/kl": 2.0}, 2)
+        monkeypatch.delenv(tracking.PARENT_ENV)
     assert [m.step for m in client.get_metric_history(killed_run, "objective/kl")] == [1, 2]
+    assert client.get_run(killed_run).data.tags["mlflow.parentRunId"] == parent.run_id
     running = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'")
     assert len(running) == 0
     # Killed again, then restarted with other params: the orphan is ended KILLED and a new run starts.
