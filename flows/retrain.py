@@ -10,7 +10,8 @@ data/feedback/ and are tracked
 by DVC one by one (`dvc add`, then `git add` the .dvc file); the preferences stage merges that folder, so DVC
 sees its deps changed and the pipeline flow retrains from there on, evaluates, registers and promotes.
 Rejected files move to data/incoming/rejected/ beside their validation report, so a schedule does not retry
-them forever, and the good files of the same batch go on. With no new file nothing runs.
+them forever, and the good files of the same batch go on. With no new file nothing runs, unless feedback
+accepted earlier has not been trained on yet (its pipeline failed or was killed): then the pipeline runs again.
 
     python -m flows.retrain                                # once, now
     python -m flows.retrain --serve --cron "0 3 * * *"     # a deployment with a schedule (needs a Prefect
@@ -83,6 +84,15 @@ def feedback_name(file: Path) -> str:
     return f"{FEEDBACK}/{file_hash(file)[:12]}_{file.name}"
 
 
+def feedback_pending(root: Path) -> bool:
+    """Feedback accepted by an earlier run whose pipeline did not finish (failed, killed): data/feedback/ is not
+    what the preferences stage last merged, so this run retrains although nothing new arrived."""
+    if not incoming_files(root, FEEDBACK):
+        return False
+    code, lines = dvc(["status", "--json", "preferences"], root)
+    return code == 0 and FEEDBACK in "".join(lines)
+
+
 @task(name="accept-feedback", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=2)
 def accept(file: str, dest: str, root: str) -> str:
     """Move a valid file to `dest` in data/feedback/ and track it with DVC (safe to retry)."""
@@ -134,7 +144,7 @@ def retrain_flow(
             summary["accepted"].append(accept(str(f), feedback_name(f), root))
         else:
             summary["rejected"].append(reject(str(f), checked["reports"], root))
-    if summary["accepted"] and run_pipeline:
+    if run_pipeline and (summary["accepted"] or feedback_pending(Path(root))):
         summary["pipeline"] = pipeline_flow(root=root, comparator=comparator)
     elif not files:
         print(f"[retrain] nothing new in {INCOMING}/", file=sys.stderr)

@@ -418,3 +418,23 @@ def test_a_failed_stage_leaves_its_last_good_outputs(tmp_path: Path) -> None:
     with pytest.raises(StageFailed, match="last good outputs of 'ppo' are back in place"):
         run_stage.fn("ppo", str(root), None)
     assert {p: (root / p).read_text() for p in good} == good
+
+
+def test_feedback_left_untrained_by_a_failed_run_is_retrained_next_time(tmp_path: Path) -> None:
+    """A retraining run killed after accepting a file has consumed data/incoming/: the next run still sees that
+    data/feedback/ is not what the preferences stage last merged, and runs the pipeline."""
+    from flows.retrain import feedback_pending
+
+    root = tmp_path / "repo"
+    (root / "data/feedback").mkdir(parents=True)
+    (root / "data/feedback/.gitkeep").touch()
+    stage = {"cmd": "python -c \"open('pairs.txt', 'w').write('x')\"", "deps": ["data/feedback"], "outs": ["pairs.txt"]}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"preferences": stage}}))
+    git(root, "init", "-q")
+    dvc_cli(root, "init", "-q")
+    dvc_cli(root, "repro")
+    assert not feedback_pending(root)
+    (root / "data/feedback/abc_new.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    assert feedback_pending(root)
+    dvc_cli(root, "repro")
+    assert not feedback_pending(root)
