@@ -85,12 +85,13 @@ def feedback_name(file: Path) -> str:
 
 
 def feedback_pending(root: Path) -> bool:
-    """Feedback accepted by an earlier run whose pipeline did not finish (failed, killed): data/feedback/ is not
-    what the preferences stage last merged, so this run retrains although nothing new arrived."""
+    """Feedback accepted by an earlier run whose pipeline did not finish (failed or killed, at any stage): with
+    feedback present and the pipeline not up to date (`dvc status`), this run retrains although nothing new
+    arrived."""
     if not incoming_files(root, FEEDBACK):
         return False
-    code, lines = dvc(["status", "--json", "preferences"], root)
-    return code == 0 and FEEDBACK in "".join(lines)
+    code, lines = dvc(["status", "--json"], root)
+    return code == 0 and json.loads("".join(lines) or "{}") != {}
 
 
 @task(name="accept-feedback", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=2)

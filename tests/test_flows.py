@@ -428,13 +428,19 @@ def test_feedback_left_untrained_by_a_failed_run_is_retrained_next_time(tmp_path
     root = tmp_path / "repo"
     (root / "data/feedback").mkdir(parents=True)
     (root / "data/feedback/.gitkeep").touch()
-    stage = {"cmd": "python -c \"open('pairs.txt', 'w').write('x')\"", "deps": ["data/feedback"], "outs": ["pairs.txt"]}
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"preferences": stage}}))
+    copy = 'python -c "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True)"'
+    stages = {
+        "preferences": {"cmd": f"{copy} data/feedback pairs", "deps": ["data/feedback"], "outs": ["pairs"]},
+        "ppo": {"cmd": f"{copy} pairs actor", "deps": ["pairs"], "outs": ["actor"]},
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     git(root, "init", "-q")
     dvc_cli(root, "init", "-q")
     dvc_cli(root, "repro")
     assert not feedback_pending(root)
     (root / "data/feedback/abc_new.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    assert feedback_pending(root)
+    dvc_cli(root, "repro", "--single-item", "preferences")  # killed after preferences, during ppo
     assert feedback_pending(root)
     dvc_cli(root, "repro")
     assert not feedback_pending(root)
