@@ -3,7 +3,9 @@
 DVC decides what runs: each task is `dvc repro --single-item <stage>` in a subprocess, so a stage whose deps,
 params and outs match dvc.lock is skipped whether `dvc repro` or this flow ran last, and the lock stays the
 single record of what was built from what. A validation stage that fails stops the flow: nothing after it
-runs.
+runs. A training or data stage that fails (or is killed) leaves the workspace as it was: DVC deletes a stage's
+outputs before running it, so the flow restores them, the cached ones with `dvc checkout <stage>` (from the DVC
+cache, as dvc.lock records them) and the uncached ones (metrics, plots) from a copy taken before the stage ran.
 After `evaluate`, the reward model, critic and actor are registered in MLflow and the actor's promotion is
 decided (tasks/registry.py). One MLflow parent run covers the pipeline run; each stage process that runs opens
 its child run under it (RLHF_PARENT_RUN_ID).
@@ -20,6 +22,7 @@ import collections
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
@@ -90,20 +94,57 @@ def dvc(args: list[str], root: Path, env: dict[str, str] | None = None) -> tuple
     return proc.returncode, lines
 
 
+def uncached_outputs(root: Path, stage: str) -> list[str]:
+    """The outputs of `stage` in dvc.yaml that DVC does not cache (`cache: false`: metrics, plots), which
+    `dvc checkout` cannot bring back."""
+    spec = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {}).get(stage, {})
+    found = []
+    for kind in ("outs", "metrics", "plots"):
+        for item in spec.get(kind) or []:
+            if isinstance(item, dict):
+                [(out, opts)] = item.items()
+                if (opts or {}).get("cache", True) is False:
+                    found.append(out)
+    return found
+
+
+def restore_outputs(stage: str, root: Path, backup: Path) -> str:
+    """After `stage` failed: its last good outputs back in place; returns what the failure message should say."""
+    code, lines = dvc(["checkout", "--force", stage], root)
+    for saved in backup.rglob("*"):
+        if saved.is_file():
+            target = root / saved.relative_to(backup)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(saved, target)
+    if code != 0:
+        return (
+            f"its uncached outputs were put back, but `dvc checkout {stage}` failed (no earlier run in dvc.lock, or "
+            f"its cache is gone): {' '.join(lines[-3:])}"
+        )
+    return f"the last good outputs of '{stage}' are back in place (dvc checkout {stage}; metrics and plots as before)"
+
+
 @task(name="dvc-stage", cache_policy=NO_CACHE, persist_result=False)
 def run_stage(stage: str, root: str, parent_run_id: str | None) -> dict[str, Any]:
-    """`dvc repro --single-item <stage>`: runs the stage only if DVC finds it changed."""
+    """`dvc repro --single-item <stage>`: runs the stage only if DVC finds it changed; if it fails, its last good
+    outputs are restored (a validation gate's failing report is kept: it is the news)."""
     t0 = time.perf_counter()
-    code, lines = dvc(["repro", "--single-item", stage], Path(root), stage_env(Path(root), parent_run_id))
-    seconds = time.perf_counter() - t0
-    if code != 0:
-        tail = "\n".join(collections.deque(lines, maxlen=30))
-        if stage in VALIDATION_REPORTS:
-            raise ValidationFailed(
-                f"validation '{stage}' failed (see {VALIDATION_REPORTS[stage]}); nothing downstream runs. "
-                f"Fix the data and rerun.\n{tail}"
-            )
-        raise StageFailed(f"stage '{stage}' failed (dvc exit code {code}):\n{tail}")
+    with tempfile.TemporaryDirectory(prefix=f"rlhf-{stage}-outputs-") as backup:
+        for out in uncached_outputs(Path(root), stage) if stage not in VALIDATION_REPORTS else []:
+            if (Path(root) / out).is_file():
+                (Path(backup) / out).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(root) / out, Path(backup) / out)
+        code, lines = dvc(["repro", "--single-item", stage], Path(root), stage_env(Path(root), parent_run_id))
+        seconds = time.perf_counter() - t0
+        if code != 0:
+            tail = "\n".join(collections.deque(lines, maxlen=30))
+            if stage in VALIDATION_REPORTS:
+                raise ValidationFailed(
+                    f"validation '{stage}' failed (see {VALIDATION_REPORTS[stage]}); nothing downstream runs. "
+                    f"Fix the data and rerun.\n{tail}"
+                )
+            restored = restore_outputs(stage, Path(root), Path(backup))
+            raise StageFailed(f"stage '{stage}' failed (dvc exit code {code}); {restored}:\n{tail}")
     ran = any(line.startswith("Running stage") for line in lines)
     restored = any("is cached - skipping run" in line for line in lines)
     print(f"[pipeline] {stage}: {'ran' if ran else 'up to date'} ({seconds:.1f} s)", file=sys.stderr)

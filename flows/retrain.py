@@ -3,11 +3,17 @@
 Its first task exports the rankings finished in the labeling app (bin/label) into data/incoming/.
 
 Each incoming file (.jsonl, .json, .parquet, .csv) goes through the data gate (`python -m tasks.validate
-preferences --input FILE`, non-zero exit = rejected). Accepted files move into data/feedback/ and are tracked
+preferences --input FILE --import-format auto --existing ...`, non-zero exit = rejected): the file is imported
+exactly as the preferences stage will import it (TRL, Anthropic-HH or ranked), and its pairs are checked with
+the preference suite and against the pairs already accepted (data/preferences/pairs.parquet and
+data/feedback/, including files accepted earlier in the same run): a repeat of an accepted pair or the opposite
+judgement of one rejects the file; failures name lines of the user's file. Accepted files move into
+data/feedback/ and are tracked
 by DVC one by one (`dvc add`, then `git add` the .dvc file); the preferences stage merges that folder, so DVC
 sees its deps changed and the pipeline flow retrains from there on, evaluates, registers and promotes.
 Rejected files move to data/incoming/rejected/ beside their validation report, so a schedule does not retry
-them forever. With no new file nothing runs.
+them forever, and the good files of the same batch go on. With no new file nothing runs, unless feedback
+accepted earlier has not been trained on yet (its pipeline failed or was killed): then the pipeline runs again.
 
     python -m flows.retrain                                # once, now
     python -m flows.retrain --serve --cron "0 3 * * *"     # a deployment with a schedule (needs a Prefect
@@ -35,18 +41,21 @@ from tasks.common import workdir
 
 INCOMING, FEEDBACK = "data/incoming", "data/feedback"
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+PAIRS = "data/preferences/pairs.parquet"
 GATE_INPUTS = {"tokenizer": "data/tokenizer/tokenizer.json", "eval_prompts": "data/prepared/prompts_eval.jsonl"}
 # The preference gate on one file; a feedback file may be small, hence --min-rows 1 (validate.min_pairs is
 # for the whole merged set, which the validate_preferences stage checks again).
 VALIDATE_CMD = (
-    "python -m tasks.validate preferences --input {input} --tokenizer {tokenizer} "
-    "--eval-prompts {eval_prompts} --min-rows 1 --report-dir {reports}"
+    "python -m tasks.validate preferences --input {input} --import-format auto --tokenizer {tokenizer} "
+    "--eval-prompts {eval_prompts} --min-rows 1 --report-dir {reports} --existing {existing}"
 )
-"""{input} and {reports} are filled in per file, {tokenizer} and {eval_prompts} from the pipeline"""
+"""{input} and {reports} are filled in per file, {tokenizer} and {eval_prompts} from the pipeline, {existing}
+(several arguments) with the preference files already accepted"""
 
 
-def incoming_files(root: Path) -> list[Path]:
-    folder = root / INCOMING
+def incoming_files(root: Path, where: str = INCOMING) -> list[Path]:
+    """The preference files in `where` (default data/incoming/), sorted."""
+    folder = root / where
     return sorted(p for p in folder.glob("*") if p.is_file() and p.suffix in SUFFIXES) if folder.exists() else []
 
 
@@ -56,16 +65,35 @@ def validate_file(file: str, root: str, validate_cmd: list[str]) -> dict[str, An
     reports = Path(root) / "reports" / "validation" / "incoming" / Path(file).stem
     reports.mkdir(parents=True, exist_ok=True)
     fill = {"input": file, "reports": reports, **GATE_INPUTS}
-    cmd = [arg.format(**fill) for arg in validate_cmd]
+    cmd = []
+    for arg in validate_cmd:
+        cmd += accepted_files(Path(root)) if arg == "{existing}" else [arg.format(**fill)]
     proc = subprocess.run(cmd, cwd=root, env=stage_env(Path(root), None), capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"[retrain] rejected {file}:\n{(proc.stdout + proc.stderr)[-2000:]}", file=sys.stderr)
     return {"file": file, "valid": proc.returncode == 0, "reports": str(reports)}
 
 
+def accepted_files(root: Path) -> list[str]:
+    """The preference data already accepted: the last merged pairs and every feedback file (some of them are
+    in both; the gate counts a pair once)."""
+    files = [PAIRS] if (root / PAIRS).exists() else []
+    return files + [str(p.relative_to(root)) for p in incoming_files(root, FEEDBACK)]
+
+
 def feedback_name(file: Path) -> str:
     """data/feedback/<content hash>_<name>: never overwrites feedback, and a file sent twice lands once."""
     return f"{FEEDBACK}/{file_hash(file)[:12]}_{file.name}"
+
+
+def feedback_pending(root: Path) -> bool:
+    """Feedback accepted by an earlier run whose pipeline did not finish (failed or killed, at any stage): with
+    feedback present and the pipeline not up to date (`dvc status`), this run retrains although nothing new
+    arrived."""
+    if not incoming_files(root, FEEDBACK):
+        return False
+    code, lines = dvc(["status", "--json"], root)
+    return code == 0 and json.loads("".join(lines) or "{}") != {}
 
 
 @task(name="accept-feedback", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=2)
@@ -130,7 +158,7 @@ def retrain_flow(
             summary["accepted"].append(accept(str(f), feedback_name(f), root))
         else:
             summary["rejected"].append(reject(str(f), checked["reports"], root))
-    if summary["accepted"] and run_pipeline:
+    if run_pipeline and (summary["accepted"] or feedback_pending(Path(root))):
         summary["pipeline"] = pipeline_flow(root=root, comparator=comparator)
     elif not files:
         print(f"[retrain] nothing new in {INCOMING}/", file=sys.stderr)

@@ -159,3 +159,60 @@ def load_training_state(path: str | Path, optimizers: dict[str, torch.optim.Opti
             state.setdefault(int(idx), {})[field] = val
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return saved["meta"]
+
+
+# --- what a training state was started from -----------------------------------------------------------------
+
+
+class ResumeRefused(RuntimeError):
+    """A training state exists but was started from other inputs; the message names them and how to start over."""
+
+
+def fingerprint(config: Any, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The inputs a training run starts from, as flat JSON values: the loop's config fields (`config.<field>`)
+    and whatever the caller adds (its whole params section, hashes of the models and data it read, the reward
+    and judge specs). Two runs may share a training state only if their fingerprints are equal."""
+    flat: dict[str, Any] = {}
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                add(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = value
+
+    add("config", dataclasses.asdict(config))
+    add("", inputs or {})
+    return json.loads(json.dumps(flat, sort_keys=True, default=str))  # tuples -> lists, as state.json reads back
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def resumable_meta(state_dir: str | Path, expected: dict[str, Any], start_over: str | Path) -> dict[str, Any] | None:
+    """The metadata of the training state in `state_dir` if it was started from `expected` inputs (a
+    `fingerprint`); None when there is none. A state of other inputs is refused with ResumeRefused naming each
+    input that changed and the directory to delete (`start_over`) to start fresh."""
+    state_file = Path(state_dir) / "state.json"
+    if not state_file.exists():
+        return None
+    meta = json.loads(state_file.read_text(encoding="utf-8"))["meta"]
+    saved = meta.get("inputs")
+    if saved == expected:
+        return meta
+    if saved is None:
+        changed = ["(the state predates input fingerprints)"]
+    else:
+        keys = sorted(set(saved) | set(expected))
+        changed = [
+            f"{k}: {_short(saved.get(k, '<absent>'))} -> {_short(expected.get(k, '<absent>'))}"
+            for k in keys
+            if saved.get(k, "<absent>") != expected.get(k, "<absent>")
+        ]
+    raise ResumeRefused(
+        f"{state_dir}: refusing to resume a training state started from other inputs: "
+        + "; ".join(changed)
+        + f". To start fresh, delete it: rm -rf {start_over} (or restore the inputs it was started from)."
+    )

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf import distributed
-from rlhf.checkpoint import load_training_state, save_training_state
+from rlhf.checkpoint import fingerprint, load_training_state, resumable_meta, save_training_state, write_model
 from rlhf.device import CPU, Runtime
 from rlhf.io import atomic_dir
 from rlhf.lm_data import IGNORE, Batch
@@ -107,15 +107,21 @@ def train_lm(
     name: str = "train",
     stop_at: int | None = None,
     runtime: Runtime = CPU,
+    inputs: dict | None = None,
+    start_over: Path | None = None,
 ) -> dict[str, float]:
     """Train `model` (on its device) in place for cfg.steps, resuming from state_dir if it holds a state of this run.
 
     `sample(step)` gives the global batch of a step; under torchrun each rank trains on its shard of it.
     `stop_at` ends the run early after that step (with a training state written), as an interruption would;
-    the test of resume equivalence uses it. Returns the final metrics (the same on every rank).
+    the test of resume equivalence uses it. `inputs` (params, hashes of the model and data trained from) join
+    cfg in the fingerprint a training state must match to be resumed (rlhf.checkpoint.resumable_meta); a refusal
+    names `start_over` (default state_dir) as the directory to delete.
+    Returns the final metrics (the same on every rank).
     """
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    start = _maybe_resume(model, opt, state_dir, cfg, name)
+    fp = fingerprint(cfg, inputs)
+    start = _maybe_resume(model, opt, state_dir, fp, name, start_over or state_dir)
     distributed.check_agree(start, f"the step {name} resumes from")
     net = distributed.wrap(model)  # DDP under torchrun, `model` itself in one process
     device = next(model.parameters()).device
@@ -146,7 +152,7 @@ def train_lm(
             raise FloatingPointError(f"{name}: loss became {loss_value} at step {done}; no state was saved")
         checkpoint = cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == stop_at)
         if checkpoint and done < cfg.steps and distributed.is_main():
-            _save_state(model, opt, state_dir, cfg, done)
+            _save_state(model, opt, state_dir, fp, done)
         if stop_at is not None and done >= stop_at:
             break
     return metrics
@@ -176,29 +182,20 @@ def _step(
     return loss.item() * share, grad_norm.item()
 
 
-def _config_key(cfg: TrainConfig) -> str:
-    return repr(cfg)
-
-
-def _save_state(model: GPT, opt: torch.optim.Optimizer, state_dir: Path, cfg: TrainConfig, step: int) -> None:
-    from rlhf.checkpoint import write_model
-
+def _save_state(model: GPT, opt: torch.optim.Optimizer, state_dir: Path, inputs: dict, step: int) -> None:
     with atomic_dir(state_dir) as tmp:
         write_model(tmp, model, None, {})
-        save_training_state(tmp, {"opt": opt}, {"step": step, "config": _config_key(cfg)})
+        save_training_state(tmp, {"opt": opt}, {"step": step, "inputs": inputs})
 
 
-def _maybe_resume(model: GPT, opt: torch.optim.Optimizer, state_dir: Path, cfg: TrainConfig, name: str) -> int:
-    """Restore model, optimizer and RNG from state_dir when it holds a state of this very config."""
+def _maybe_resume(
+    model: GPT, opt: torch.optim.Optimizer, state_dir: Path, inputs: dict, name: str, start_over: Path
+) -> int:
+    """Restore model, optimizer and RNG from state_dir when it holds a state started from these inputs."""
     from safetensors.torch import load_file
 
-    if not (state_dir / "state.json").exists():
-        return 0
-    import json
-
-    meta = json.loads((state_dir / "state.json").read_text())["meta"]
-    if meta.get("config") != _config_key(cfg):
-        print(f"[{name}] ignoring {state_dir}: it was saved with other parameters")
+    meta = resumable_meta(state_dir, inputs, start_over)
+    if meta is None:
         return 0
     model.load_state_dict(load_file(str(state_dir / "model.safetensors")))
     load_training_state(state_dir, {"opt": opt})

@@ -11,14 +11,13 @@ every rank, so it must live on a filesystem that every node sees.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from safetensors.torch import load_file
 
 from rlhf import distributed
-from rlhf.checkpoint import load_training_state, save_training_state, write_model
+from rlhf.checkpoint import fingerprint, load_training_state, resumable_meta, save_training_state, write_model
 from rlhf.io import atomic_dir
 from rlhf.model import GPT
 from rlhf.ppo_trainer import LogFn, PPOConfig, PPOState, ScoreFn, ppo_iteration
@@ -28,8 +27,9 @@ from rlhf.tokenizer import ChatTokenizer
 Monitor = Callable[[list[str], list[str]], list[float]]  # a judge watched during training, never trained on
 
 
-def save_ppo_state(path: Path, state: PPOState, cfg: PPOConfig) -> None:
-    """Write a complete checkpoint directory; the previous one survives until this one is complete."""
+def save_ppo_state(path: Path, state: PPOState, inputs: dict) -> None:
+    """Write a complete checkpoint directory; the previous one survives until this one is complete.
+    `inputs` is the run's `fingerprint`: a resume checks it."""
     with atomic_dir(path) as tmp:
         (tmp / "actor").mkdir()
         (tmp / "critic").mkdir()
@@ -37,20 +37,18 @@ def save_ppo_state(path: Path, state: PPOState, cfg: PPOConfig) -> None:
         write_model(tmp / "critic", state.critic, None, {})
         meta = {
             "iteration": state.iteration,
-            "config": repr(cfg),
+            "inputs": inputs,
             "kl_ctl": state.kl_ctl.state_dict(),
             "history": state.history,
         }
         save_training_state(tmp, {"opt": state.optimizer}, meta)
 
 
-def load_ppo_state(path: Path, state: PPOState, cfg: PPOConfig) -> bool:
-    """Restore `state` in place from a checkpoint of this very config; False when there is none to use."""
-    if not (path / "state.json").exists():
-        return False
-    meta = json.loads((path / "state.json").read_text())["meta"]
-    if meta["config"] != repr(cfg):
-        print(f"[ppo] ignoring {path}: it was saved with other parameters")
+def load_ppo_state(path: Path, state: PPOState, inputs: dict, start_over: Path | None = None) -> bool:
+    """Restore `state` in place from a checkpoint started from these very inputs (a `fingerprint`); False when
+    there is none. A checkpoint of other inputs is refused (ResumeRefused), never silently resumed or dropped."""
+    meta = resumable_meta(path, inputs, start_over or path)
+    if meta is None:
         return False
     state.actor.load_state_dict(load_file(str(path / "actor" / "model.safetensors")))
     state.critic.load_state_dict(load_file(str(path / "critic" / "model.safetensors")))
@@ -75,9 +73,16 @@ def train_ppo(
     snapshot: Callable[[PPOState], None] | None = None,
     snapshot_every: int = 0,
     stop_at: int | None = None,
+    inputs: dict | None = None,
+    start_over: Path | None = None,
 ) -> list[dict[str, float]]:
-    """Iterate until cfg.iterations (or `stop_at`, as an interruption would); returns the metric history."""
-    load_ppo_state(checkpoint_dir, state, cfg)
+    """Iterate until cfg.iterations (or `stop_at`, as an interruption would); returns the metric history.
+
+    `inputs` (params, hashes of the models and data, reward and judge specs) join cfg in the fingerprint a
+    checkpoint must match to be resumed; `start_over` is the directory the refusal tells the user to delete.
+    """
+    fp = fingerprint(cfg, inputs)
+    load_ppo_state(checkpoint_dir, state, fp, start_over)
     distributed.check_agree(state.iteration, "the PPO iteration to resume from")
     main = distributed.is_main()  # the one process that logs and writes
     ref.eval()
@@ -100,7 +105,7 @@ def train_ppo(
         done = state.iteration >= cfg.iterations
         due = checkpoint_every and (state.iteration % checkpoint_every == 0 or state.iteration == stop_at)
         if main and due and not done:
-            save_ppo_state(checkpoint_dir, state, cfg)
+            save_ppo_state(checkpoint_dir, state, fp)
         if stop_at is not None and state.iteration >= stop_at:
             break
     return state.history

@@ -176,6 +176,14 @@ def write_metrics(stage: str, metrics: dict[str, Any]) -> Path:
     return out
 
 
+def resume_inputs(params: dict[str, Any], files: list[str]) -> dict[str, Any]:
+    """What a training stage starts from, for its resume check (rlhf.checkpoint.fingerprint): the params
+    sections it reads and the sha256 of each model or data file it trains from."""
+    from rlhf.checkpoint import file_hash
+
+    return {"params": params, "sha256": {f: file_hash(path(f)) for f in files}}
+
+
 def cli(description: str) -> argparse.Namespace:
     """The common command line of a stage: `python -m tasks.<stage> [--params FILE]`."""
     parser = argparse.ArgumentParser(description=description)

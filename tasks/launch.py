@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rlhf import distributed
@@ -81,8 +82,11 @@ def peak_memory(rt: Runtime) -> float:
     return distributed.all_reduce_max(peak_memory_mb(rt.device))
 
 
-def stage_run(stage: str, params: Mapping[str, Any]) -> contextlib.AbstractContextManager[tracking.Tracker]:
-    """The stage's MLflow run on rank 0; a tracker that logs nothing on the other ranks."""
+def stage_run(
+    stage: str, params: Mapping[str, Any], state_dir: Path | None = None
+) -> contextlib.AbstractContextManager[tracking.Tracker]:
+    """The stage's MLflow run on rank 0 (continued after an interruption: tracking.stage_run's state_dir); a
+    tracker that logs nothing on the other ranks."""
     if distributed.is_main():
-        return tracking.stage_run(stage, params)
+        return tracking.stage_run(stage, params, state_dir=state_dir)
     return contextlib.nullcontext(tracking.NULL_TRACKER)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from rlhf import distributed
-from rlhf.checkpoint import load_model, read_config, write_model
+from rlhf.checkpoint import fingerprint, load_model, read_config, resumable_meta, write_model
 from rlhf.data import read_prompts
 from rlhf.device import Runtime, freeze, peak_memory_mb
 from rlhf.evaluation import judge_samples, sample_policy
@@ -37,7 +37,7 @@ from rlhf.ppo_trainer import PPOConfig, PPOState, ScoreFn, check_batch_sizes, ma
 from rlhf.rollout import Rollout, reward_model_scores
 from rlhf.tokenizer import ChatTokenizer
 from tasks import launch, tracking
-from tasks.common import ParamError, build_dataclass, path, stage_main, write_metrics
+from tasks.common import ParamError, build_dataclass, path, resume_inputs, stage_main, write_metrics
 from tasks.plots import plot_curves, write_csv
 
 STATE = "state/ppo"
@@ -89,6 +89,15 @@ def make_critic(cfg: PPOParams, actor: GPT, rm: ScalarHeadModel, mean: float, st
     return critic
 
 
+def ppo_inputs(params: dict) -> dict:
+    """What a PPO checkpoint must have been started from to be resumed: all of `ppo` (reward spec and critic
+    init included), the gold judge's spec, the SFT and reward-model weights (and the RM's normalisation), the
+    prompts."""
+    files = ["models/sft/model.safetensors", "models/reward_model/model.safetensors"]
+    files += ["models/reward_model/config.json", "data/prepared/prompts_ppo.jsonl"]
+    return resume_inputs({"ppo": params["ppo"], "judge.gold": params.get("judge", {}).get("gold", "none")}, files)
+
+
 def probe(actor, ref, tok, prompts, cfg: PPOParams, judges, rt: Runtime) -> dict[str, float]:
     """RM score, gold score, KL and length of a policy on a fixed prompt set (same seed for every policy)."""
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
@@ -123,6 +132,9 @@ def run(params: dict) -> dict:
     spec = params.get("judge", {}).get("gold", "none")
     gold = load_judge(spec) if spec != "none" else None
     logged = {"ppo": params["ppo"], "runtime": params.get("runtime", {})}
+    inputs = ppo_inputs(params)
+    # Refused before anything loads or an MLflow run opens: a checkpoint of other inputs is an error to act on.
+    resumable_meta(path(STATE) / "checkpoint", fingerprint(core, inputs), path(STATE))
     with launch.session(params) as rt:
         actor, ref, rm = load_models(rt)
         probe_set = prompts[: cfg.probe_prompts]
@@ -138,7 +150,7 @@ def run(params: dict) -> dict:
         judges = {"rm": RewardModelJudge(rm, tok, *rm_norm), **({"gold": gold} if gold else {})}
         main = distributed.is_main()
         t0 = time.perf_counter()
-        with launch.stage_run("ppo", logged) as tr:
+        with launch.stage_run("ppo", logged, state_dir=path(STATE)) as tr:
             start = probe(actor, ref, tok, probe_set, cfg, judges, rt) if main else {}
             torch.manual_seed(distributed.rank_seed(cfg.seed))
             state = make_state(actor, critic, core, runtime=rt)
@@ -155,6 +167,8 @@ def run(params: dict) -> dict:
                 gold,
                 _snapshot,
                 cfg.snapshot_every,
+                inputs=inputs,
+                start_over=path(STATE),
             )
             peak = launch.peak_memory(rt)
             if not main:

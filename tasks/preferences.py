@@ -2,7 +2,9 @@
 
 With `data.preferences: world` the SFT model samples K responses per preference prompt, the world's simulated
 labeler ranks them, and each ranking becomes all its pairs (the spec's "Building the Preference Dataset").
-Otherwise a user's file is imported (TRL pairs, Anthropic-HH transcripts or ranked lists). Either way every file
+Otherwise a user's file is imported (TRL pairs, Anthropic-HH transcripts or ranked lists) and must pass the
+preference gate (tasks/validate.py) before anything is written: a bad file leaves the last good outputs in place
+(dvc.yaml marks them `persist`, so DVC does not delete them before the stage runs either). Either way every file
 in data/feedback/ (new preference data accepted by the retraining flow) is appended. Output:
 data/preferences/pairs.parquet with prompt, chosen, rejected and provenance columns.
 """
@@ -15,7 +17,7 @@ import pandas as pd
 import torch
 
 from rlhf.checkpoint import file_hash, load_model
-from rlhf.data import import_preferences, ranking_to_pairs, read_prompts
+from rlhf.data import DataError, import_preferences, ranking_to_pairs, read_prompts
 from rlhf.generate import SamplingConfig, generate_text
 from rlhf.io import atomic_path
 from rlhf.tokenizer import ChatTokenizer
@@ -113,6 +115,27 @@ def collect_world(cfg: PreferenceParams) -> tuple[pd.DataFrame, dict]:
     return df, stats
 
 
+def gate_user_file(file, fmt: str) -> None:
+    """The preference gate on a user's file, as imported, before the stage writes anything: DataError naming the
+    file, its lines and the rules it broke, and saying that the last good outputs are untouched."""
+    import tempfile
+
+    from tasks import validate
+
+    opts = {**validate.defaults("preferences", None), "min_rows": 1}  # validate.min_pairs is for the merged set
+    with tempfile.TemporaryDirectory(prefix="rlhf-gate-") as reports:
+        opts["report_dir"] = reports
+        try:
+            inputs = path("models/sft/tokenizer.json"), path("data/prepared/prompts_eval.jsonl")
+            validate.run("preferences", file, *inputs, data_docs=False, import_format=fmt, **opts)
+        except validate.ValidationFailed as e:
+            raise DataError(
+                f"{e.report.summary()}\n{OUT} and metrics/preferences.json were left as they were (the last good "
+                "outputs); fix the file and rerun. If they are missing, `dvc checkout preferences` restores them "
+                "from the DVC cache."
+            ) from e
+
+
 def imported(file, fmt: str) -> pd.DataFrame:
     """A user's preference file in the pairs schema; provenance columns they lack stay empty (-1 / "")."""
     df = import_preferences(file, fmt)
@@ -132,6 +155,7 @@ def run(params: dict) -> dict:
         if data.preferences == "world":
             df, stats = collect_world(cfg)
         else:
+            gate_user_file(path(data.preferences), data.preferences_format)
             df = imported(path(data.preferences), data.preferences_format)
         feedback = sorted(p for p in path(FEEDBACK).glob("*") if p.suffix in (".jsonl", ".json", ".parquet", ".csv"))
         if feedback:

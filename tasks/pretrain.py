@@ -13,15 +13,16 @@ import time
 import torch
 
 from rlhf import distributed
-from rlhf.checkpoint import save_model
+from rlhf.checkpoint import fingerprint, resumable_meta, save_model
 from rlhf.lm_data import WindowSampler, encode_documents, fixed_batches
 from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.model import GPT, GPTConfig
 from rlhf.tokenizer import ChatTokenizer
 from tasks import launch
-from tasks.common import build_dataclass, path, section, stage_main, write_metrics
+from tasks.common import build_dataclass, path, resume_inputs, section, stage_main, write_metrics
 
 TOKENIZER = "data/tokenizer/tokenizer.json"
+STATE = "state/pretrain"  # checkpoint/ (training state) and the MLflow run to continue
 EVAL_BATCHES = 8
 
 
@@ -60,22 +61,26 @@ def run(params: dict) -> dict:
     train = WindowSampler(encode_documents(tok, docs[:-n_val]), mcfg.block_size, cfg.batch_size, cfg.seed)
     val = WindowSampler(encode_documents(tok, docs[-n_val:]), mcfg.block_size, cfg.batch_size, cfg.seed)
     logged = {"model": params["model"], "pretrain": params["pretrain"], "runtime": params.get("runtime", {})}
+    inputs = resume_inputs({"model": params["model"]}, ["data/prepared/corpus.txt", TOKENIZER])
+    resumable_meta(path(STATE) / "checkpoint", fingerprint(cfg, inputs), path(STATE))  # refuse early
     with launch.session(params) as rt:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         model = GPT(mcfg).to(rt.device)
         if distributed.is_distributed():
             torch.manual_seed(distributed.rank_seed(cfg.seed))  # dropout masks differ per rank
         t0 = time.perf_counter()
-        with launch.stage_run("pretrain", logged) as tr:
+        with launch.stage_run("pretrain", logged, state_dir=path(STATE)) as tr:
             final = train_lm(
                 model,
                 train,
                 fixed_batches(val, EVAL_BATCHES),
                 cfg,
-                path("state/pretrain"),
+                path(STATE) / "checkpoint",
                 tr.log_metrics,
                 name="pretrain",
                 runtime=rt,
+                inputs=inputs,
+                start_over=path(STATE),
             )
             peak = launch.peak_memory(rt)
             if not distributed.is_main():
@@ -91,7 +96,7 @@ def run(params: dict) -> dict:
             }
             save_model(path("models/base"), model, path(TOKENIZER), stage="pretrain", steps=cfg.steps)
             write_metrics("pretrain", metrics)
-    shutil.rmtree(path("state/pretrain"), ignore_errors=True)  # finished: nothing left to resume
+    shutil.rmtree(path(STATE), ignore_errors=True)  # finished: nothing left to resume
     return metrics
 
 

@@ -15,13 +15,15 @@ records decision and evidence as version tags.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from importlib.metadata import version as dist_version
 from pathlib import Path
@@ -272,31 +274,72 @@ def download_checkpoint(name: str, version: str, dst: Path) -> Path:
     return local / flavor["artifacts"]["checkpoint"]["path"]
 
 
+@contextlib.contextmanager
+def promotion_lock() -> Iterator[Path]:
+    """One promotion at a time across the processes of this machine: an exclusive flock on
+    `<store dir>/promotion.lock` (the SQLite store's folder, mlflow/ by default; for a server store, the working
+    root's mlflow/). Processes on other machines promoting through a shared MLflow server are not covered: run
+    promotion from one place (one Prefect deployment with concurrency_limit=1, or a Prefect global concurrency
+    limit around the promote task), as docs/lifecycle.md says."""
+    uri = tracking.tracking_uri()
+    folder = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else workdir() / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / "promotion.lock"
+    with open(lock, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # blocks until the promotion holding it ends (released on exit or death)
+        try:
+            yield lock
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _head_to_head(version: str, champion: str, compare: Comparator) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="rlhf-promote-") as tmp:
+        return dict(
+            compare(
+                download_checkpoint(ACTOR, version, Path(tmp) / "challenger"),
+                download_checkpoint(ACTOR, champion, Path(tmp) / "champion"),
+            )
+        )
+
+
 def promote(
-    version: str, vs_sft: Mapping[str, Any] | None, compare: Comparator | None, judge: str = "gold"
+    version: str,
+    vs_sft: Mapping[str, Any] | None,
+    compare: Comparator | None,
+    judge: str = "gold",
+    attempts: int = 3,
 ) -> PromotionDecision:
     """Decide whether actor `version` becomes champion, record the decision on it, move the alias if so.
 
     With a champion, `compare(challenger_dir, champion_dir)` runs the head-to-head evaluation; without one the
-    evaluate stage's comparison with SFT (`vs_sft`, metrics/eval.json) is the evidence.
+    evaluate stage's comparison with SFT (`vs_sft`, metrics/eval.json) is the evidence. Under
+    `promotion_lock`, and the alias moves only if the champion is still the one evaluated against (else the
+    challenger is evaluated again, up to `attempts` times): the decision's baseline names the version it beat.
+    Tags follow the alias: `promotion.promote` is True only on the champion; the one it replaced gets False
+    and `promotion.superseded_by`.
     """
+    with promotion_lock():
+        for _ in range(attempts):
+            champion = alias_version(ACTOR, CHAMPION)
+            if champion == version:
+                return PromotionDecision(True, f"champion:v{champion}", "already the champion")
+            vs_champion = None
+            if champion is not None:
+                if compare is None:
+                    raise ValueError(f"{ACTOR} has a champion (v{champion}): a comparator is needed to challenge it")
+                vs_champion = _head_to_head(version, champion, compare)
+            if alias_version(ACTOR, CHAMPION) == champion:  # a promotion outside the lock (by hand) moved it
+                return _record(version, champion, decide_promotion(vs_sft, vs_champion, champion, judge=judge),
+                               vs_sft if champion is None else vs_champion)  # fmt: skip
+        raise RuntimeError(f"{ACTOR}: the champion kept changing during {attempts} evaluations of v{version}")
+
+
+def _record(
+    version: str, champion: str | None, decision: PromotionDecision, evidence: Mapping[str, Any] | None
+) -> PromotionDecision:
+    """Decision and evidence as tags of `version`; if promoted, the alias moves and the old champion says so."""
     mc = client()
-    champion = alias_version(ACTOR, CHAMPION)
-    if champion == version:
-        return PromotionDecision(True, f"champion:v{champion}", "already the champion")
-    vs_champion = None
-    if champion is not None:
-        if compare is None:
-            raise ValueError(f"{ACTOR} has a champion (v{champion}): a comparator is needed to challenge it")
-        with tempfile.TemporaryDirectory(prefix="rlhf-promote-") as tmp:
-            vs_champion = dict(
-                compare(
-                    download_checkpoint(ACTOR, version, Path(tmp) / "challenger"),
-                    download_checkpoint(ACTOR, champion, Path(tmp) / "champion"),
-                )
-            )
-    decision = decide_promotion(vs_sft, vs_champion, champion, judge=judge)
-    evidence = vs_sft if champion is None else vs_champion
     tags = {
         **decision.as_tags(),
         "promotion.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -308,4 +351,5 @@ def promote(
         mc.set_registered_model_alias(ACTOR, CHAMPION, version)
         if champion is not None:
             mc.set_model_version_tag(ACTOR, champion, "promotion.superseded_by", version)
+            mc.set_model_version_tag(ACTOR, champion, "promotion.promote", "False")
     return decision

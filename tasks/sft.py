@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from rlhf import distributed
-from rlhf.checkpoint import load_model, save_model
+from rlhf.checkpoint import fingerprint, load_model, resumable_meta, save_model
 from rlhf.data import read_demos, read_prompts
 from rlhf.device import peak_memory_mb
 from rlhf.generate import SamplingConfig, generate_text
@@ -27,11 +27,12 @@ from rlhf.lm_data import EpochSampler, sft_example
 from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.tokenizer import ChatTokenizer
 from tasks import launch
-from tasks.common import build_dataclass, path, stage_main, write_metrics
+from tasks.common import build_dataclass, path, resume_inputs, stage_main, write_metrics
 
 TOKENIZER = "data/tokenizer/tokenizer.json"
 DEMOS = "data/prepared/demos.jsonl"
 EVAL_PROMPTS = "data/prepared/prompts_eval.jsonl"
+STATE = "state/sft"  # checkpoint/ (training state) and the MLflow run to continue
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,17 @@ def run(params: dict) -> dict:
     sampler = EpochSampler(train_ids, train_np, cfg.batch_size, cfg.seed, tok.pad_id)
     held = EpochSampler(held_ids, held_np, cfg.batch_size, cfg.seed, tok.pad_id).eval_batches()
     logged = {"sft": params["sft"], "judge": params.get("judge", {}), "runtime": params.get("runtime", {})}
+    inputs = resume_inputs({"sft": params["sft"]}, ["models/base/model.safetensors", DEMOS, TOKENIZER])
+    resumable_meta(path(STATE) / "checkpoint", fingerprint(train_cfg, inputs), path(STATE))  # refuse early
     with launch.session(params) as rt:
         model = load_model(path("models/base"), arch="gpt").to(rt.device)
         torch.manual_seed(distributed.rank_seed(cfg.seed))  # dropout masks differ per rank
         t0 = time.perf_counter()
-        with launch.stage_run("sft", logged) as tr:
-            final = train_lm(model, sampler, held, train_cfg, path("state/sft"), tr.log_metrics, name="sft", runtime=rt)
+        with launch.stage_run("sft", logged, state_dir=path(STATE)) as tr:
+            final = train_lm(
+                model, sampler, held, train_cfg, path(STATE) / "checkpoint", tr.log_metrics, name="sft", runtime=rt,
+                inputs=inputs, start_over=path(STATE),
+            )  # fmt: skip
             seconds = time.perf_counter() - t0
             peak = launch.peak_memory(rt)
             if not distributed.is_main():
@@ -117,7 +123,7 @@ def run(params: dict) -> dict:
             tr.log_metrics({f"sft/{k}": v for k, v in metrics.items() if isinstance(v, float)}, train_cfg.steps)
             save_model(path("models/sft"), model, path(TOKENIZER), stage="sft", steps=cfg.steps)
             write_metrics("sft", metrics)
-    shutil.rmtree(path("state/sft"), ignore_errors=True)
+    shutil.rmtree(path(STATE), ignore_errors=True)
     return metrics
 
 

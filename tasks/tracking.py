@@ -16,7 +16,9 @@ Tracker methods go through `MlflowClient` with an explicit run id rather than ML
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -98,7 +100,38 @@ def git_commit(root: Path = ROOT) -> str:
 
 
 def base_tags(stage: str) -> dict[str, str]:
-    return {"rlhf.stage": stage, "rlhf.git_commit": git_commit()}
+    """Stage and commit, and the process that owns the run: a run left RUNNING by a process that is gone
+    (kill -9, power loss) is recognised by them and ended by `end_orphans`."""
+    owner = {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid())}
+    return {"rlhf.stage": stage, "rlhf.git_commit": git_commit(), **owner}
+
+
+OWNER_HOST, OWNER_PID = "rlhf.host", "rlhf.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def end_orphans(client: Any, experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of this experiment whose owning process (same host, by pid) is gone; returns
+    their ids. Runs of other hosts are left alone (their owner cannot be checked from here), as are runs
+    without the owner tags."""
+    host, orphans = socket.gethostname(), []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        pid = tags.get(OWNER_PID, "")
+        if tags.get(OWNER_HOST) == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            client.set_terminated(run.info.run_id, "KILLED")
+            client.set_tag(run.info.run_id, "rlhf.ended_by", "end_orphans: its process was gone")
+            orphans.append(run.info.run_id)
+    return orphans
 
 
 class Tracker:
@@ -158,11 +191,42 @@ class Tracker:
 NULL_TRACKER = Tracker()
 
 
+RUN_ID_FILE = "mlflow_run.json"
+"""beside a stage's training state: the MLflow run a resumed stage continues"""
+
+
+def _run_record(params: Mapping[str, Any], run_id: str) -> dict[str, str]:
+    return {"run_id": run_id, "tracking_uri": tracking_uri(), "params": json.dumps(flatten(params), sort_keys=True)}
+
+
+def _resumable_run(client: Any, state_dir: Path | None, params: Mapping[str, Any]) -> str | None:
+    """The unfinished run recorded in state_dir by an interrupted run of this stage with the same params, if the
+    store still has it."""
+    from mlflow.exceptions import MlflowException
+
+    record = state_dir / RUN_ID_FILE if state_dir is not None else None
+    if record is None or not record.exists():
+        return None
+    saved = json.loads(record.read_text(encoding="utf-8"))
+    if saved != _run_record(params, saved.get("run_id", "")):
+        return None
+    try:
+        run = client.get_run(saved["run_id"])
+    except MlflowException:
+        return None
+    return run.info.run_id if run.info.status != "FINISHED" else None
+
+
 @contextlib.contextmanager
-def stage_run(stage: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> Iterator[Tracker]:
+def stage_run(
+    stage: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None, state_dir: Path | None = None
+) -> Iterator[Tracker]:
     """The MLflow run of one stage process: a child of RLHF_PARENT_RUN_ID if set, else a top-level run.
 
     Logs the flattened params and the stage/git tags; the run ends FINISHED, or FAILED if the block raises.
+    Runs of processes that died without ending theirs are marked KILLED first. With `state_dir` (where the
+    stage keeps its resumable training state) the run's id is recorded there, and a stage resuming after an
+    interruption continues that run, so its curves are whole (tagged `rlhf.resumed`).
     """
     if not enabled():
         yield NULL_TRACKER
@@ -171,6 +235,20 @@ def stage_run(stage: str, params: Mapping[str, Any], tags: Mapping[str, str] | N
 
     exp_id = setup()
     client = mlflow.MlflowClient()
+    end_orphans(client, exp_id)
+    resumed = _resumable_run(client, state_dir, params)
+    if resumed is not None:
+        with mlflow.start_run(run_id=resumed) as run:
+            tracker = Tracker(run.info.run_id, client)
+            moved = {}
+            parent = os.environ.get(PARENT_ENV)
+            if parent and parent != run.data.tags.get("mlflow.parentRunId"):
+                # under the pipeline run that finishes it; the interrupted pipeline run keeps a pointer
+                before = run.data.tags.get("mlflow.parentRunId")
+                moved = {"mlflow.parentRunId": parent, **({"rlhf.resumed_from_parent": before} if before else {})}
+            tracker.set_tags({**base_tags(stage), **(tags or {}), "rlhf.resumed": "true", **moved})
+            yield tracker
+        return
     parent = os.environ.get(PARENT_ENV) or None
     if parent is not None:
         from mlflow.exceptions import MlflowException
@@ -186,6 +264,10 @@ def stage_run(stage: str, params: Mapping[str, Any], tags: Mapping[str, str] | N
     with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=run_tags) as run:
         tracker = Tracker(run.info.run_id, client)
         tracker.log_params(params)
+        if state_dir is not None:
+            from rlhf.io import write_json
+
+            write_json(state_dir / RUN_ID_FILE, _run_record(params, run.info.run_id))
         yield tracker
 
 
@@ -205,6 +287,7 @@ def pipeline_run(
 
     exp_id = setup()
     client = mlflow.MlflowClient()
+    end_orphans(client, exp_id)
     run = client.create_run(
         exp_id, run_name=name, tags={"mlflow.runName": name, **base_tags("pipeline"), **(tags or {})}
     )

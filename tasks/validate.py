@@ -33,7 +33,7 @@ from great_expectations.checkpoint import UpdateDataDocsAction
 from great_expectations.core import ExpectationSuiteValidationResult
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from rlhf.data import DataError, read_prompts, read_table
+from rlhf.data import DataError, import_preferences, read_prompts, read_table
 from rlhf.io import atomic_dir, write_json
 from rlhf.tokenizer import SPECIAL_TOKENS, ChatTokenizer, control_regex
 from tasks.common import load_params, params_path, path, section, stage_main
@@ -203,6 +203,31 @@ def derived_columns(df: pd.DataFrame, kind: str, tokenizer: ChatTokenizer, eval_
     return out
 
 
+TRIPLE = ["prompt", "chosen", "rejected"]
+
+
+def existing_checks() -> list[Check]:
+    """The checks of new preference pairs against the pairs already accepted (`validate(..., existing=)`)."""
+    in_set = gxe.ExpectColumnValuesToBeInSet
+    return [
+        _check("not_in_existing", ["in_existing"], in_set, TRIPLE, column="in_existing", value_set=[False]),
+        _check("no_conflicting_pair", ["reverses_a_pair"], in_set, TRIPLE, column="reverses_a_pair", value_set=[False]),
+    ]
+
+
+def existing_columns(frame: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
+    """`in_existing` (the same prompt, chosen and rejected are already accepted) and `reverses_a_pair` (the
+    accepted pairs or this file hold the opposite judgement: rejected preferred to chosen)."""
+    if not set(TRIPLE) <= set(frame.columns):
+        return frame
+    new = list(zip(frame["prompt"], frame["chosen"], frame["rejected"], strict=True))
+    old = set(zip(existing["prompt"], existing["chosen"], existing["rejected"], strict=True))
+    judged = old | set(new)
+    frame["in_existing"] = [t in old for t in new]
+    frame["reverses_a_pair"] = [c != r and (p, r, c) in judged for p, c, r in new]  # c == r: its own rule
+    return frame
+
+
 def _context() -> Any:
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     ctx = gx.get_context(mode="ephemeral")
@@ -272,17 +297,21 @@ def validate(
     max_prompt_tokens: int | None = None,
     data_docs: bool = True,
     source: str | None = None,
+    existing: pd.DataFrame | None = None,
 ) -> ValidationReport:
     """Run the `kind` suite ("demos" or "preferences") on df; write report_dir/<kind>.json (+ Data Docs).
 
     df's index locates rows in their file (rlhf.data readers index by line); offending rows are named by it.
-    max_prompt_tokens defaults to block_size - MIN_RESPONSE_ROOM.
+    max_prompt_tokens defaults to block_size - MIN_RESPONSE_ROOM. With `existing` (the preference pairs
+    already accepted) new pairs must also be no repeat of one of them and contradict none (`existing_checks`).
     """
     if kind not in SUITES:
         raise ValueError(f"unknown kind {kind!r}; use one of {sorted(SUITES)}")
     frame = derived_columns(df, kind, tokenizer, eval_prompts)
     max_prompt = block_size - MIN_RESPONSE_ROOM if max_prompt_tokens is None else max_prompt_tokens
     all_checks = checks(kind, block_size, min_rows, max_prompt, tokenizer.control_strings)
+    if existing is not None:
+        frame, all_checks = existing_columns(frame, existing), all_checks + existing_checks()
     active = [c for c in all_checks if all(col in frame.columns for col in c.needs)]
     by_name = {c.name: c for c in active}
     report_dir = Path(report_dir)
@@ -322,17 +351,41 @@ def run(
     max_prompt_tokens: int | None = None,
     report_dir: str | Path = "reports/validation",
     data_docs: bool = True,
+    import_format: str | None = None,
+    existing: Sequence[str | Path] = (),
 ) -> ValidationReport:
-    """Read the files and validate; raise ValidationFailed (carrying the report) if any expectation failed."""
-    df = read_table(input_file)
+    """Read the files and validate; raise ValidationFailed (carrying the report) if any expectation failed.
+
+    With `import_format` (preferences only) the input is a user's preference file imported exactly as the
+    preferences stage will (`imported_pairs`), and checked together with the pairs already accepted, read
+    from the `existing` files (pairs.parquet, feedback files): failures name lines of the user's file.
+    """
+    if import_format is None:
+        df, accepted = read_table(input_file), None
+    else:
+        df, accepted = imported_pairs(input_file, import_format), accepted_pairs(existing)
     held_out = set(read_prompts(eval_prompts)["prompt"])
     report = validate(
         kind, df, ChatTokenizer.load(tokenizer), block_size, held_out, Path(report_dir), min_rows,
-        max_prompt_tokens=max_prompt_tokens, data_docs=data_docs, source=str(input_file),
+        max_prompt_tokens=max_prompt_tokens, data_docs=data_docs, source=str(input_file), existing=accepted,
     )  # fmt: skip
     if not report.success:
         raise ValidationFailed(report)
     return report
+
+
+def imported_pairs(file: str | Path, fmt: str = "auto") -> pd.DataFrame:
+    """A user's preference file as rlhf.data.import_preferences gives it to the preferences stage, indexed by
+    the line (Parquet: row) of the file each pair came from, so the gate's report points into the user's file."""
+    pairs = import_preferences(file, fmt)
+    label = "row" if Path(file).suffix.lower() == ".parquet" else "line"
+    return pairs.set_index("source_row").rename_axis(label)
+
+
+def accepted_pairs(files: Sequence[str | Path]) -> pd.DataFrame:
+    """The distinct (prompt, chosen, rejected) of preference files already accepted (any import format)."""
+    frames = [import_preferences(f)[TRIPLE] for f in files if Path(f).exists()]
+    return pd.concat(frames, ignore_index=True).drop_duplicates() if frames else pd.DataFrame(columns=TRIPLE)
 
 
 @dataclass(frozen=True)
@@ -347,7 +400,7 @@ class ValidateParams:
     """where <kind>.json and <kind>_docs/ go"""
 
 
-def _defaults(kind: str, params_file: Path | None) -> dict[str, Any]:
+def defaults(kind: str, params_file: Path | None) -> dict[str, Any]:
     """What params.yaml says for the options the command line leaves out (built-in defaults without it)."""
     if params_file is not None and not params_file.exists():
         raise FileNotFoundError(f"{params_file}: no such params file")
@@ -373,14 +426,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report-dir", type=Path, default=None)
     parser.add_argument("--params", type=Path, default=None, help="params file (default: params.yaml)")
     parser.add_argument("--no-data-docs", action="store_true", help="write the JSON report only")
+    parser.add_argument(
+        "--import-format", choices=["auto", "trl", "hh", "ranked"], default=None,
+        help="preferences: import --input as a user's preference file (as the preferences stage does)",
+    )  # fmt: skip
+    parser.add_argument("--existing", type=Path, nargs="*", default=[], help="preference files already accepted")
     args = parser.parse_args(argv)
     docs = not args.no_data_docs
+    opts: dict[str, Any] = {"report_dir": Path(ValidateParams.report_dir)}
     try:
-        opts = _defaults(args.kind, args.params)
+        opts = defaults(args.kind, args.params)
         opts.update({k: v for k in opts if (v := getattr(args, k)) is not None})
-        report = run(args.kind, args.input, args.tokenizer, args.eval_prompts, data_docs=docs, **opts)
+        report = run(
+            args.kind, args.input, args.tokenizer, args.eval_prompts, data_docs=docs,
+            import_format=args.import_format, existing=args.existing, **opts,
+        )  # fmt: skip
     except (DataError, FileNotFoundError) as e:
         print(f"validate {args.kind}: cannot read an input: {e}", file=sys.stderr)
+        # The report says so too: a rejected file keeps the reason beside it.
+        write_json(Path(opts["report_dir"]) / f"{args.kind}.json", {"success": False, "error": str(e)})
         return 2
     except ValidationFailed as e:
         print(e.report.summary(), file=sys.stderr)

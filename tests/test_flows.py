@@ -9,6 +9,7 @@ test runs the real pipeline at toy sizes with `dvc repro` and with the flow, on 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -337,3 +338,109 @@ def test_only_io_failures_are_retried() -> None:
 
     assert retried(ConnectionError("reset")) and retried(MlflowException("database is locked"))
     assert not retried(StageFailed("evaluate failed")) and not retried(ValueError("bad checkpoint"))
+
+
+@pytest.mark.slow
+def test_retraining_gate_imports_every_format_and_rejects_a_bad_file_alone(
+    harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real gate in the retraining flow: an Anthropic-HH file and a ranked file are accepted (imported as
+    the preferences stage will), a file repeating accepted pairs is rejected alone, its report naming its lines."""
+    import json
+
+    import pandas as pd
+
+    from flows.retrain import retrain_flow
+    from rlhf.tokenizer import train_tokenizer
+
+    root = tmp_path / "repo"
+    prompts = ["Say hello to Ada.", "Name a colour.", "Give me a fruit.", "Name a pet."]
+    answers = ["Hello, Ada!", "Blue.", "An apple.", "A cat.", "No.", "Red, I think.", "A stone.", "Hm."]
+    for folder in ("data/incoming", "data/feedback", "data/tokenizer", "data/prepared", "data/preferences"):
+        (root / folder).mkdir(parents=True)
+    train_tokenizer([*prompts, *answers] * 3, vocab_size=300).save(root / "data/tokenizer/tokenizer.json")
+    (root / "data/prepared/prompts_eval.jsonl").write_text(json.dumps({"prompt": "Name a prime number."}) + "\n")
+    (root / "params.yaml").write_text(yaml.safe_dump({"model": {"block_size": 64}}))
+    accepted = pd.DataFrame({"prompt": prompts[:2], "chosen": answers[:2], "rejected": answers[4:6]})
+    accepted.to_parquet(root / "data/preferences/pairs.parquet", index=False)
+    incoming = root / "data/incoming"
+    hh = [f"\n\nHuman: {prompts[2]}\n\nAssistant: {answers[2]}", f"\n\nHuman: {prompts[2]}\n\nAssistant: {answers[6]}"]
+    (incoming / "hh.jsonl").write_text(json.dumps({"chosen": hh[0], "rejected": hh[1]}) + "\n")
+    ranked = {"prompt": prompts[3], "responses": [answers[7], answers[3], answers[6]], "ranking": [1, 0, 2]}
+    (incoming / "ranked.jsonl").write_text(json.dumps(ranked) + "\n")
+    repeat = [{"prompt": prompts[3], "chosen": answers[3], "rejected": answers[0]}, accepted.iloc[1].to_dict()]
+    (incoming / "repeat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in repeat))
+    git(root, "init", "-q")
+    dvc_cli(root, "init", "-q")
+    monkeypatch.setenv("RLHF_TRACKING", "off")
+    monkeypatch.delenv("RLHF_PARAMS", raising=False)
+
+    summary = retrain_flow(root=str(root), run_pipeline=False)
+    assert sorted(Path(f).name.split("_", 1)[1] for f in summary["accepted"]) == ["hh.jsonl", "ranked.jsonl"]
+    assert summary["rejected"] == ["data/incoming/rejected/repeat.jsonl"]
+    report = json.loads((incoming / "rejected/repeat.jsonl/validation/preferences.json").read_text())
+    [failed] = [o for o in report["outcomes"] if not o["success"]]
+    assert failed["name"] == "not_in_existing" and [s["line"] for s in failed["samples"]] == [2]
+    assert report["source"].endswith("repeat.jsonl")
+
+
+FLAKY_STAGE = """
+import json, sys
+from pathlib import Path
+
+toy = json.loads(Path("toy.json").read_text())
+Path("models/ppo").mkdir(parents=True, exist_ok=True)
+Path("models/ppo/actor.txt").write_text(f"actor {toy['seed']}")
+Path("metrics").mkdir(exist_ok=True)
+if toy["fail"]:
+    sys.exit(1)  # a stage dying halfway: DVC had already deleted its outputs
+Path("metrics/ppo.json").write_text(json.dumps({"seed": toy["seed"]}))
+"""
+
+
+def test_a_failed_stage_leaves_its_last_good_outputs(tmp_path: Path) -> None:
+    """DVC deletes a stage's outputs before running it; after a failure the flow puts the last good ones back:
+    the cached ones from the DVC cache, the uncached metrics from a copy."""
+    from flows.pipeline import StageFailed, run_stage
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "stage.py").write_text(FLAKY_STAGE)
+    (root / "toy.json").write_text(json.dumps({"seed": 1, "fail": False}))
+    stage = {"cmd": "python stage.py", "deps": ["toy.json"], "outs": ["models/ppo"]}
+    stage["metrics"] = [{"metrics/ppo.json": {"cache": False}}]
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"ppo": stage}}))
+    git(root, "init", "-q")
+    dvc_cli(root, "init", "-q")
+    assert run_stage.fn("ppo", str(root), None)["ran"]
+    good = {p: (root / p).read_text() for p in ("models/ppo/actor.txt", "metrics/ppo.json")}
+    (root / "toy.json").write_text(json.dumps({"seed": 2, "fail": True}))
+    with pytest.raises(StageFailed, match="last good outputs of 'ppo' are back in place"):
+        run_stage.fn("ppo", str(root), None)
+    assert {p: (root / p).read_text() for p in good} == good
+
+
+def test_feedback_left_untrained_by_a_failed_run_is_retrained_next_time(tmp_path: Path) -> None:
+    """A retraining run killed after accepting a file has consumed data/incoming/: the next run still sees that
+    data/feedback/ is not what the preferences stage last merged, and runs the pipeline."""
+    from flows.retrain import feedback_pending
+
+    root = tmp_path / "repo"
+    (root / "data/feedback").mkdir(parents=True)
+    (root / "data/feedback/.gitkeep").touch()
+    copy = 'python -c "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True)"'
+    stages = {
+        "preferences": {"cmd": f"{copy} data/feedback pairs", "deps": ["data/feedback"], "outs": ["pairs"]},
+        "ppo": {"cmd": f"{copy} pairs actor", "deps": ["pairs"], "outs": ["actor"]},
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    git(root, "init", "-q")
+    dvc_cli(root, "init", "-q")
+    dvc_cli(root, "repro")
+    assert not feedback_pending(root)
+    (root / "data/feedback/abc_new.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    assert feedback_pending(root)
+    dvc_cli(root, "repro", "--single-item", "preferences")  # killed after preferences, during ppo
+    assert feedback_pending(root)
+    dvc_cli(root, "repro")
+    assert not feedback_pending(root)

@@ -72,3 +72,24 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(0, cfg) == 0.1 and lr_at(9, cfg) == 1.0
     assert abs(lr_at(100, cfg) - 0.1) < 1e-9
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+
+
+def test_resume_is_refused_when_the_inputs_changed(tiny_cfg, tmp_path):
+    """A training state of other inputs (here: another base model's hash) is an error naming what changed."""
+    import pytest
+
+    from rlhf.checkpoint import ResumeRefused
+
+    def run(inputs, stop_at=None):
+        torch.manual_seed(0)
+        stream = torch.randint(4, tiny_cfg.vocab_size, (2000,))
+        sample = WindowSampler(stream, 16, 4, seed=3)
+        cfg = TrainConfig(steps=6, batch_size=4, lr=1e-2, warmup_steps=1, eval_every=3, checkpoint_every=2)
+        log = lambda m, s: None  # noqa: E731
+        return train_lm(
+            GPT(tiny_cfg), sample, [sample(10**6)], cfg, tmp_path / "s", log, stop_at=stop_at, inputs=inputs
+        )
+
+    run({"sha256": {"models/base/model.safetensors": "aaa"}}, stop_at=3)
+    with pytest.raises(ResumeRefused, match=r"sha256\.models/base/model\.safetensors: \"aaa\" -> \"bbb\""):
+        run({"sha256": {"models/base/model.safetensors": "bbb"}})

@@ -206,3 +206,43 @@ def test_critic_from_the_reward_model_starts_at_the_normalised_reward(tok, model
         judge_critic = make_critic(PPOParams(reward="mypackage.judges:score"), actor, rm, mean, std)
         assert judge_critic(ids).abs().max() == 0.0
     assert all(p.requires_grad for p in critic.parameters()) and not any(p.requires_grad for p in rm.parameters())
+
+
+def test_resume_is_refused_when_the_reward_or_the_sft_model_changed(tok, tmp_path, monkeypatch):
+    """A checkpoint resumes only the run it came from: another reward spec or another SFT checkpoint under the
+    same PPO config is refused, naming what changed and the directory to delete."""
+    from rlhf.checkpoint import ResumeRefused
+    from tasks.ppo import ppo_inputs
+
+    root = tmp_path / "root"
+    monkeypatch.setenv("RLHF_ROOT", str(root))
+    for rel, text in {
+        "models/sft/model.safetensors": "sft weights",
+        "models/reward_model/model.safetensors": "rm weights",
+        "models/reward_model/config.json": "{}",
+        "data/prepared/prompts_ppo.jsonl": '{"prompt": "say yes"}\n',
+    }.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    params = {"ppo": {"reward": "reward_model", "critic_init": "reward_model"}, "judge": {"gold": "none"}}
+
+    def run(p, stop_at=None):
+        torch.manual_seed(0)
+        gcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32)
+        actor = GPT(gcfg)
+        state = make_state(actor, ScalarHeadModel.from_lm(actor, head_std=0.0), CFG)
+        ckpt = tmp_path / "state" / "checkpoint"
+        log = lambda m, s: None  # noqa: E731
+        kw = {"stop_at": stop_at, "inputs": ppo_inputs(p), "start_over": tmp_path / "state"}
+        return train_ppo(state, copy.deepcopy(actor).eval(), _score_fn(tok), tok, PROMPTS, CFG, log, ckpt, 2, **kw)
+
+    run(params, stop_at=2)
+    other_reward = {**params, "ppo": {**params["ppo"], "reward": "mypackage.judges:score"}}
+    with pytest.raises(ResumeRefused, match=r"params\.ppo\.reward: \"reward_model\" -> \"mypackage") as e:
+        run(other_reward)
+    assert f"rm -rf {tmp_path / 'state'}" in str(e.value)
+    (root / "models/sft/model.safetensors").write_text("another sft model")
+    with pytest.raises(ResumeRefused, match=r"sha256\.models/sft/model\.safetensors"):
+        run(params)
+    (root / "models/sft/model.safetensors").write_text("sft weights")
+    assert len(run(params)) == CFG.iterations  # the very inputs it started from: resumed to the end

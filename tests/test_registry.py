@@ -283,3 +283,61 @@ def test_served_champion_answers_a_generation_request(registry_runs: dict[str, A
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+PROMOTER = """
+import json, sys, time
+from tasks import registry
+
+
+def slow_better(candidate, baseline):  # a head-to-head that takes a while and says the challenger won
+    time.sleep(2)
+    return {"gold": {"win_rate": 0.7, "ci_low": 0.6, "ci_high": 0.8, "n": 64}}
+
+
+decision = registry.promote(sys.argv[1], None, slow_better)
+print(json.dumps({"version": sys.argv[1], "promote": decision.promote, "baseline": decision.baseline}))
+"""
+
+
+@pytest.mark.slow
+def test_two_concurrent_promotions_leave_one_champion_that_beat_the_other(tmp_path: Path) -> None:
+    """v1 is champion; v2 and v3 are promoted at once by two processes, each winning its head-to-head. One
+    promotion waits for the other and evaluates against its winner: exactly one champion, whose evidence names
+    the version it beat, and tags that agree with the alias."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mp.delenv(tracking.SWITCH_ENV, raising=False)
+    try:
+        root = tmp_path / "repo"
+        for seed in (1, 2, 3):
+            write_checkpoints(root, seed)
+            reg = registry.register_pipeline(root, None)
+            if seed == 1:
+                assert registry.promote(reg.actor, metrics(0.55, 0.7), None).promote
+        env = {**os.environ, "PYTHONPATH": str(registry.ROOT)}
+        procs = [
+            subprocess.Popen([sys.executable, "-c", PROMOTER, v], env=env, stdout=subprocess.PIPE, text=True)
+            for v in ("2", "3")
+        ]
+        outs = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
+        assert all(p.returncode == 0 for p in procs)
+        client = mlflow.MlflowClient(uri)
+        champion = str(client.get_model_version_by_alias(ACTOR, CHAMPION).version)
+        [first] = [o["version"] for o in outs if o["baseline"] == "champion:v1"]
+        [last] = [o for o in outs if o["version"] != first]
+        assert champion == last["version"] and last["baseline"] == f"champion:v{first}"
+        tags = {v: client.get_model_version(ACTOR, v).tags for v in ("1", "2", "3")}
+        assert [v for v, t in tags.items() if t["promotion.promote"] == "True"] == [champion]
+        assert tags[champion]["promotion.baseline"] == f"champion:v{first}"
+        assert tags[first]["promotion.superseded_by"] == champion and tags["1"]["promotion.superseded_by"] == first
+        # Promoting the champion again, with an evaluation that would disagree, changes nothing.
+        again = registry.promote(champion, None, lambda c, b: metrics(0.3, 0.45))
+        assert again.reason == "already the champion"
+        assert client.get_model_version(ACTOR, champion).tags == tags[champion]
+    finally:
+        mp.undo()

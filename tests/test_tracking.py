@@ -107,3 +107,65 @@ def test_a_stale_parent_run_id_is_an_actionable_error(env: Path, monkeypatch: py
     monkeypatch.setenv(tracking.PARENT_ENV, "0" * 32)
     with pytest.raises(RuntimeError, match="unset it"), tracking.stage_run("sft", {}):
         pass
+
+
+KILLED_STAGE = """
+import sys, time
+from pathlib import Path
+from tasks import tracking
+
+with tracking.stage_run("ppo", {"ppo": {"lr": 1e-5}}, state_dir=Path(sys.argv[1])) as tr:
+    tr.log_metrics({"objective/kl": 1.0}, 1)
+    print(tr.run_id, flush=True)
+    time.sleep(600)  # killed here
+"""
+
+
+def start_and_kill_9(state: Path) -> str:
+    """A stage process that opens its run, logs step 1 and is killed -9; returns its run id."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tasks.common import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_STAGE, str(state)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    run_id = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return run_id
+
+
+@pytest.mark.slow
+def test_after_a_kill_no_run_stays_running_and_the_resumed_stage_continues_its_run(
+    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    state = tmp_path / "state" / "ppo"
+    killed_run = start_and_kill_9(state)
+    client = mlflow.MlflowClient()
+    assert client.get_run(killed_run).info.status == "RUNNING"  # what kill -9 leaves behind
+    # The next run of the stage (same params, its training state still there) continues the killed run, under
+    # the pipeline run that finishes it.
+    with tracking.pipeline_run("pipeline 2") as parent:
+        monkeypatch.setenv(tracking.PARENT_ENV, parent.run_id)
+        with tracking.stage_run("ppo", {"ppo": {"lr": 1e-5}}, state_dir=state) as tr:
+            assert tr.run_id == killed_run
+            tr.log_metrics({"objective/kl": 2.0}, 2)
+        monkeypatch.delenv(tracking.PARENT_ENV)
+    assert [m.step for m in client.get_metric_history(killed_run, "objective/kl")] == [1, 2]
+    assert client.get_run(killed_run).data.tags["mlflow.parentRunId"] == parent.run_id
+    running = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'")
+    assert len(running) == 0
+    # Killed again, then restarted with other params: the orphan is ended KILLED and a new run starts.
+    second = start_and_kill_9(state)
+    with tracking.stage_run("ppo", {"ppo": {"lr": 2e-5}}, state_dir=state) as tr:
+        assert tr.run_id != second
+    assert client.get_run(second).info.status == "KILLED"
+    running = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'")
+    assert len(running) == 0

@@ -227,3 +227,92 @@ def test_passing_cli_exits_zero(tok: ChatTokenizer, tmp_path: Path, monkeypatch:
     assert main(["demos", *args]) == 0
     assert json.loads((work / "reports" / "demos.json").read_text())["success"]
     assert (work / "reports" / "demos_docs" / "index.html").is_file()
+
+
+def gate_inputs(tok: ChatTokenizer, where: Path) -> tuple[Path, Path]:
+    tok.save(where / "tokenizer.json")
+    (where / "eval.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in EVAL))
+    return where / "tokenizer.json", where / "eval.jsonl"
+
+
+def test_an_imported_file_is_reported_by_its_own_lines(tok: ChatTokenizer, tmp_path: Path) -> None:
+    """The gate imports a user's file as the preferences stage does (here Anthropic-HH transcripts) and names
+    the offending line of that file, not a row of the merged pairs."""
+    rows = [
+        {"chosen": f"\n\nHuman: {p}\n\nAssistant: {c}", "rejected": f"\n\nHuman: {p}\n\nAssistant: {r}"}
+        for p, c, r in zip(PROMPTS, RESPONSES, OTHER, strict=True)
+    ]
+    rows[2]["rejected"] = rows[2]["chosen"]  # line 4 (after a blank line 1): chosen == rejected
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text("\n" + "".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValidationFailed) as e:
+        run("preferences", hh, *gate_inputs(tok, tmp_path), block_size=BLOCK, report_dir=tmp_path / "r",
+            data_docs=False, import_format="auto")  # fmt: skip
+    (failed,) = e.value.report.failed
+    assert failed.name == "chosen_differs_from_rejected" and [s["line"] for s in failed.samples] == [4]
+    assert str(hh) in e.value.report.summary() and '"line": 4' in e.value.report.summary()
+
+
+def test_pairs_already_accepted_or_contradicted_are_rejected_by_line(tok: ChatTokenizer, tmp_path: Path) -> None:
+    accepted = tmp_path / "accepted.parquet"
+    pairs().to_parquet(accepted, index=False)
+    new = [  # line 1: new; line 2: a repeat of an accepted pair; line 3: the opposite of an accepted pair
+        {"prompt": PROMPTS[0], "chosen": OTHER[1], "rejected": RESPONSES[2]},
+        {"prompt": PROMPTS[1], "chosen": RESPONSES[1], "rejected": OTHER[1]},
+        {"prompt": PROMPTS[2], "chosen": OTHER[2], "rejected": RESPONSES[2]},
+    ]
+    file = tmp_path / "new.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in new))
+    inputs = gate_inputs(tok, tmp_path)
+    with pytest.raises(ValidationFailed) as e:
+        run("preferences", file, *inputs, block_size=BLOCK, report_dir=tmp_path / "r", data_docs=False,
+            import_format="trl", existing=[accepted])  # fmt: skip
+    failed = {o.name: [s["line"] for s in o.samples] for o in e.value.report.failed}
+    assert failed == {"not_in_existing": [2], "no_conflicting_pair": [3]}
+    file.write_text(json.dumps(new[0]) + "\n")
+    report = run("preferences", file, *inputs, block_size=BLOCK, report_dir=tmp_path / "r", data_docs=False,
+                 import_format="trl", existing=[accepted])  # fmt: skip
+    assert report.success and {"not_in_existing", "no_conflicting_pair"} <= {o.name for o in report.outcomes}
+
+
+def test_a_rejected_user_file_leaves_the_last_good_preferences_in_place(
+    tok: ChatTokenizer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`data.preferences: data/user/<bad>.jsonl`: the preferences stage gates the file before writing, so the
+    last good pairs and metrics stay, and DVC (persist) does not delete them before the stage runs either."""
+    import yaml
+
+    from rlhf.data import DataError
+    from tasks import preferences
+    from tasks.common import load_params
+    from tests.conftest import working_root
+
+    params = {
+        "data": {"preferences": "data/user/bad.jsonl", "preferences_format": "auto"},
+        "preferences": {},
+        "model": {"block_size": BLOCK},
+    }
+    root, mp = working_root(tmp_path_factory, "bad-user-prefs", yaml.safe_dump(params))
+    try:
+        rows = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(PROMPTS, RESPONSES, OTHER, strict=True)]
+        rows[2]["rejected"] = rows[2]["chosen"]  # line 3 breaks only a gate expectation
+        (root / "data/user/bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (root / "models/sft").mkdir(parents=True)
+        tok.save(root / "models/sft/tokenizer.json")
+        gate_inputs(tok, root)
+        (root / "data/prepared").mkdir(parents=True)
+        (root / "eval.jsonl").rename(root / "data/prepared/prompts_eval.jsonl")
+        outputs = [root / "data/preferences/pairs.parquet", root / "metrics/preferences.json"]
+        for out in outputs:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        pairs().to_parquet(outputs[0], index=False)
+        outputs[1].write_text('{"n_pairs": 4}\n')
+        before = [o.read_bytes() for o in outputs]
+        with pytest.raises(DataError, match=r"(?s)bad\.jsonl.*\"line\": 3.*left as they were.*dvc checkout"):
+            preferences.run(load_params())
+        assert [o.read_bytes() for o in outputs] == before
+    finally:
+        mp.undo()
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["preferences"]
+    assert stage["outs"] == [{"data/preferences/pairs.parquet": {"persist": True}}]
+    assert stage["metrics"] == [{"metrics/preferences.json": {"cache": False, "persist": True}}]
