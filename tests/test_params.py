@@ -79,7 +79,12 @@ def test_every_numeric_param_has_a_range():
         ("world", "styles", {"careful": -1.0}, r"world\.styles\.careful: must be >= 0"),
         ("model", "dropout", 1.0, r"model\.dropout: must be in \[0, 1\)"),
         ("model", "n_head", 3, r"model: n_embd \(32\) must be a multiple of n_head \(3\)"),
-        ("ppo", "batch_size", 9, r"ppo: ppo\.batch_size 9 is not divisible by mini_batches 2"),
+        (
+            "ppo",
+            "batch_size",
+            9,
+            r"ppo: ppo\.batch_size 9 over 1 process\(es\) is 9 rollouts each, which mini_batches 2",
+        ),
         ("ppo", "bacth_size", 8, r"ppo: unknown key\(s\) \['bacth_size'\]"),
     ],
 )
