@@ -1,0 +1,83 @@
+"""Stage `dpo`: Direct Preference Optimization of the SFT model on the preference pairs (rlhf/dpo.py).
+
+The pairs are the reward model's, after the same validation gate, and the held-out prompts are the same
+(`rlhf.reward.split` with `reward_model.val_frac`), so DPO's held-out implicit-reward accuracy and the
+reward model's accuracy are measured on the same pairs. The reference (the SFT model) scores every pair once
+before training. Writes models/dpo/ (an LM checkpoint like models/sft) and metrics/dpo.json.
+
+With `runtime.nproc_per_node` > 1 (or under torchrun) every rank trains on its share of each batch of pairs;
+rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import fields
+
+import pandas as pd
+
+from rlhf import distributed
+from rlhf.checkpoint import load_model, save_model
+from rlhf.device import peak_memory_mb
+from rlhf.dpo import DPOConfig, train_dpo
+from rlhf.reward import encode_frame, split
+from rlhf.tokenizer import ChatTokenizer
+from tasks import launch
+from tasks.common import build_dataclass, path, write_metrics
+
+SFT = "models/sft"
+PAIRS = "data/preferences/pairs.parquet"
+STATE = "state/dpo"
+
+
+def run(params: dict) -> dict:
+    cfg = build_dataclass(DPOConfig, params["dpo"], "params.yaml:dpo")  # bad params fail before any model loads
+    val_frac = float(params["reward_model"]["val_frac"])  # the reward model's held-out prompts
+    tok = ChatTokenizer.load(path(SFT))
+    sft = load_model(path(SFT), arch="gpt")
+    train_df, val_df = split(pd.read_parquet(path(PAIRS)), val_frac)
+    if train_df.empty or val_df.empty:
+        raise ValueError(
+            f"{path(PAIRS)}: {len(train_df)} training and {len(val_df)} held-out pairs with "
+            f"reward_model.val_frac={val_frac}; DPO needs both (more pairs, or another val_frac)"
+        )
+    train, val = encode_frame(tok, train_df, sft.cfg.block_size), encode_frame(tok, val_df, sft.cfg.block_size)
+    logged = {"dpo": params["dpo"], "runtime": params.get("runtime", {})}
+    with launch.session(params) as rt:
+        model = sft.to(rt.device)
+        reference = load_model(path(SFT), arch="gpt").to(rt.device).eval()
+        t0 = time.perf_counter()
+        with launch.stage_run("dpo", logged) as tr:
+            best = train_dpo(model, reference, train, val, cfg, tok.pad_id, path(STATE), tr.log_metrics, rt)
+            del reference
+            seconds = time.perf_counter() - t0
+            peak = launch.peak_memory(rt)
+            if not distributed.is_main():
+                return {}  # rank 0 reports and writes
+            metrics = {
+                "loss": best["train_loss"],
+                "val_loss": best["loss"],
+                "val_accuracy": best["accuracy"],
+                "val_margin": best["margin"],
+                "n_train": len(train),
+                "n_val": len(val),
+                "steps": best["steps"],
+                "seconds": seconds,
+                "peak_memory_mb": max(peak, peak_memory_mb(rt.device)),
+                "world_size": distributed.world_size(),
+            }
+            tr.log_metrics({f"dpo/{k}": float(v) for k, v in metrics.items()}, best["steps"])
+            extra = {f.name: getattr(cfg, f.name) for f in fields(DPOConfig) if f.name in ("beta", "loss_type")}
+            save_model(path("models/dpo"), model, path(f"{SFT}/tokenizer.json"), stage="dpo", **extra)
+            write_metrics("dpo", metrics)
+    shutil.rmtree(path(STATE), ignore_errors=True)
+    return metrics
+
+
+def main() -> None:
+    launch.main("tasks.dpo", __doc__, run)
+
+
+if __name__ == "__main__":
+    main()
