@@ -78,7 +78,8 @@ def test_dvc_stages_are_the_flow_stages_in_order() -> None:
     assert tuple(DVC_YAML) == STAGES
     produced: set[str] = set()
     for name, stage in DVC_YAML.items():  # every data dep is made by an earlier stage or kept in git
-        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
+        made_here = [*stage.get("outs", []), *stage.get("metrics", [])]  # a stage may read another's metrics
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in made_here]
         for dep in stage["deps"]:
             made = any(dep == o or dep.startswith(f"{o}/") or o.startswith(f"{dep}/") for o in produced)
             assert made or (ROOT / dep).exists(), f"{name}: dep {dep} is neither an earlier output nor in the repo"
