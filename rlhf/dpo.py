@@ -121,14 +121,18 @@ def reference_logps(
     average: bool = False,
     batch_size: int = 64,
     runtime: Runtime = CPU,
+    progress: str | None = None,
 ) -> torch.Tensor:
-    """(N, 2) chosen/rejected log-probs of pairs `idx` (fp32, CPU): row k belongs to pair idx[k]."""
+    """(N, 2) chosen/rejected log-probs of pairs `idx` (fp32, CPU): row k belongs to pair idx[k]. With a
+    `progress` name, a progress line (rate, ETA) on the main process."""
     model.eval()
     out = [torch.zeros(0, 2)]
+    shown = Progress(progress or "", len(idx), unit="pair", enabled=bool(progress) and distributed.is_main())
     for i in range(0, len(idx), batch_size):
         with runtime.autocast():
             c, r = pair_logps(model, pairs, idx[i : i + batch_size], pad_id, average)
         out.append(torch.stack([c, r], 1).float().cpu())
+        shown.update(len(out[-1]))
     return torch.cat(out)
 
 
@@ -234,8 +238,10 @@ def train_dpo(
     average = cfg.loss_type == "ipo"  # see dpo_loss: IPO on per-token means
     visited = sorted({i for s in range(cfg.steps) for i in batch_order(len(train), cfg, s)})
     ref_train = torch.full((len(train), 2), math.nan)
-    ref_train[visited] = reference_logps(reference, train, visited, pad_id, average, runtime=runtime)
-    ref_val = reference_logps(reference, val, list(range(len(val))), pad_id, average, runtime=runtime)
+    every = [(train, visited), (val, list(range(len(val))))]
+    ref_train[visited], ref_val = (
+        reference_logps(reference, p, i, pad_id, average, runtime=runtime, progress="dpo reference") for p, i in every
+    )
     schedule = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=0.0)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     run = _RunState(best={"loss": math.inf}, best_state=copy.deepcopy(model.state_dict()))
