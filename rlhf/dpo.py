@@ -250,7 +250,7 @@ def train_dpo(
     net, device = distributed.wrap(model), next(model.parameters()).device
     progress = Progress("dpo", cfg.steps, unit="step", enabled=distributed.is_main())
     progress.done = start
-    done = start
+    done, metrics = start, {"dpo/loss": math.nan}
     for step in range(start, cfg.steps):
         model.train()
         for group in opt.param_groups:
@@ -287,7 +287,7 @@ def train_dpo(
         if stop_at is not None and done >= stop_at:
             break
     model.load_state_dict(run.best_state)
-    return {**run.best, "train_loss": metrics["dpo/loss"] if done > start else math.nan, "steps": done}
+    return {**run.best, "train_loss": metrics["dpo/loss"], "steps": done}
 
 
 @dataclass

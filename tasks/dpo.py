@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import fields
 
 import pandas as pd
 
@@ -33,7 +32,9 @@ STATE = "state/dpo"
 
 def run(params: dict) -> dict:
     cfg = build_dataclass(DPOConfig, params["dpo"], "params.yaml:dpo")  # bad params fail before any model loads
-    val_frac = float(params["reward_model"]["val_frac"])  # the reward model's held-out prompts
+    val_frac = (params.get("reward_model") or {}).get("val_frac")  # the reward model's held-out prompts
+    if not isinstance(val_frac, (int, float)) or not 0 < val_frac < 1:
+        raise ValueError(f"params.yaml:reward_model.val_frac must be a number in (0, 1) for DPO, got {val_frac!r}")
     tok = ChatTokenizer.load(path(SFT))
     sft = load_model(path(SFT), arch="gpt")
     train_df, val_df = split(pd.read_parquet(path(PAIRS)), val_frac)
@@ -68,8 +69,8 @@ def run(params: dict) -> dict:
                 "world_size": distributed.world_size(),
             }
             tr.log_metrics({f"dpo/{k}": float(v) for k, v in metrics.items()}, best["steps"])
-            extra = {f.name: getattr(cfg, f.name) for f in fields(DPOConfig) if f.name in ("beta", "loss_type")}
-            save_model(path("models/dpo"), model, path(f"{SFT}/tokenizer.json"), stage="dpo", **extra)
+            tokenizer = path(f"{SFT}/tokenizer.json")
+            save_model(path("models/dpo"), model, tokenizer, stage="dpo", beta=cfg.beta, loss_type=cfg.loss_type)
             write_metrics("dpo", metrics)
     shutil.rmtree(path(STATE), ignore_errors=True)
     return metrics
