@@ -38,12 +38,16 @@ import torch  # noqa: E402
 
 from rlhf.checkpoint import load_model  # noqa: E402
 from rlhf.ppo import logprobs_from_logits  # noqa: E402
-from rlhf.reward import encode_pairs, margins, pair_batch  # noqa: E402
+from rlhf.reward import (  # noqa: E402
+    encode_pairs,
+    margins,
+    pair_batch,
+    split,
+)
 from rlhf.tokenizer import ChatTokenizer  # noqa: E402
 from rlhf.world.families import FAMILIES, parse_prompt  # noqa: E402
 from rlhf.world.judge import explain  # noqa: E402
 from rlhf.world.labeler import SimulatedLabeler  # noqa: E402
-from tasks.reward_model import split  # noqa: E402
 
 
 @torch.no_grad()

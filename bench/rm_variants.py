@@ -32,10 +32,16 @@ import torch  # noqa: E402
 
 from rlhf.checkpoint import load_model  # noqa: E402
 from rlhf.model import ScalarHeadModel  # noqa: E402
-from rlhf.reward import Pairs, RMConfig, encode_pairs, train_reward_model  # noqa: E402
+from rlhf.reward import (  # noqa: E402
+    Pairs,
+    RMConfig,
+    encode_pairs,
+    split,
+    train_reward_model,
+)
 from rlhf.tokenizer import ChatTokenizer  # noqa: E402
 from tasks.common import load_params  # noqa: E402
-from tasks.reward_model import labeler_ceiling, split  # noqa: E402
+from tasks.reward_model import labeler_ceiling  # noqa: E402
 
 
 def words(text: str) -> set[str]:

@@ -6,8 +6,9 @@ single record of what was built from what. A validation stage that fails stops t
 runs. A training or data stage that fails (or is killed) leaves the workspace as it was: DVC deletes a stage's
 outputs before running it, so the flow restores them, the cached ones with `dvc checkout <stage>` (from the DVC
 cache, as dvc.lock records them) and the uncached ones (metrics, plots) from a copy taken before the stage ran.
-After `evaluate`, the reward model, critic and actor are registered in MLflow and the actor's promotion is
-decided (tasks/registry.py). One MLflow parent run covers the pipeline run; each stage process that runs opens
+After the last stage, the reward model, critic and the PPO and DPO actors are registered in MLflow, the actor
+with the better gold win-rate against SFT becomes the challenger and its promotion is decided
+(tasks/registry.py). One MLflow parent run covers the pipeline run; each stage process that runs opens
 its child run under it (RLHF_PARENT_RUN_ID).
 
     python -m flows.pipeline                     # the whole pipeline, register, promote
@@ -49,9 +50,13 @@ STAGES = (
     "preferences",
     "validate_preferences",
     "reward_model",
+    "dpo",
     "ppo",
     "evaluate",
+    "compare_methods",
 )
+EVAL_METRICS = {"ppo": "eval.json", "dpo": "eval_dpo.json"}
+"""each method's actor against SFT, under metrics/ (the evaluate and compare_methods stages)"""
 VALIDATION_REPORTS = {
     "validate_demos": "reports/validation/demos.json",
     "validate_preferences": "reports/validation/preferences.json",
@@ -188,15 +193,21 @@ def register_models(root: str, parent_run_id: str | None) -> dict[str, Any]:
     retry_condition_fn=transient,
 )
 def promote_actor(
-    version: str, root: str, comparator: str | None, judge: str, parent_run_id: str | None
+    actors: dict[str, str], root: str, comparator: str | None, judge: str, parent_run_id: str | None
 ) -> dict[str, Any]:
-    """Apply the promotion rule to actor `version` (evidence: metrics/eval.json, or a head-to-head with the
-    champion through `comparator`)."""
-    eval_file = Path(root) / "metrics" / "eval.json"
-    vs_sft = json.loads(eval_file.read_text()) if eval_file.exists() else None
+    """Pick the challenger among this run's actors (method -> version) by their comparisons with SFT
+    (metrics/eval.json for PPO, metrics/eval_dpo.json for DPO) and apply the promotion rule to it (evidence:
+    that comparison, or a head-to-head with the champion through `comparator`)."""
+    vs_sft = {m: _read_json(Path(root) / "metrics" / EVAL_METRICS[m]) for m in actors}
+    method, version = registry.select_challenger(actors, vs_sft, judge)
     compare = load_comparator(comparator, Path(root), parent_run_id)
-    decision = registry.promote(version, vs_sft, compare, judge=judge)
-    return {"version": version, **asdict(decision)}
+    extra = {"promotion.method": method, **registry.methods_evidence(vs_sft, judge)}
+    decision = registry.promote(version, vs_sft[method], compare, judge=judge, extra_tags=extra)
+    return {"version": version, "method": method, **asdict(decision)}
+
+
+def _read_json(file: Path) -> dict[str, Any] | None:
+    return json.loads(file.read_text()) if file.exists() else None
 
 
 def head_to_head(root: Path, parent_run_id: str | None) -> registry.Comparator:
@@ -269,8 +280,10 @@ def pipeline_flow(
             else:
                 t1 = time.perf_counter()
                 summary["registered"] = registered = register_models(root, parent.run_id)
-                if registered["new_actor"]:
-                    summary["promotion"] = promote_actor(registered["actor"], root, comparator, judge, parent.run_id)
+                if registered["new_actor"] or registered["new_dpo_actor"]:
+                    actors = {"ppo": registered["actor"]}
+                    actors |= {"dpo": registered["dpo_actor"]} if registered["dpo_actor"] else {}
+                    summary["promotion"] = promote_actor(actors, root, comparator, judge, parent.run_id)
                 timing["pipeline/seconds/register"] = summary["register_seconds"] = time.perf_counter() - t1
         timing["pipeline/seconds/total"] = time.perf_counter() - t0
         parent.log_metrics(timing, step=0)

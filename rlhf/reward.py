@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import copy
 import math
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -56,10 +58,12 @@ class RMConfig:
 
 @dataclass
 class Pairs:
-    """Tokenised pairs: chosen[i] and rejected[i] are full sequences (prompt + response + EOS)."""
+    """Tokenised pairs: chosen[i] and rejected[i] are full sequences (prompt + response + EOS); n_prompt[i] is the
+    length of their shared prompt (filled by encode_pairs; DPO masks those tokens)."""
 
     chosen: list[list[int]]
     rejected: list[list[int]]
+    n_prompt: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.chosen)
@@ -82,7 +86,20 @@ def encode_pairs(
             raise ValueError(f"pair {i}: {max(len(seq_c), len(seq_r))} tokens exceed the context of {block_size}")
         out.chosen.append(seq_c)
         out.rejected.append(seq_r)
+        out.n_prompt.append(len(head))
     return out
+
+
+def encode_frame(tok: ChatTokenizer, df: pd.DataFrame, block_size: int) -> Pairs:
+    """Rows of a pairs table (prompt, chosen, rejected) -> tokenised pairs."""
+    return encode_pairs(tok, df["prompt"].tolist(), df["chosen"].tolist(), df["rejected"].tolist(), block_size)
+
+
+def split(df: pd.DataFrame, val_frac: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, held-out) rows of a pairs table by a stable hash of the prompt: no prompt on both sides, and the
+    reward model and DPO hold out the very same prompts."""
+    held = df["prompt"].map(lambda p: zlib.crc32(p.encode()) % 10_000 < val_frac * 10_000)
+    return df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
 
 
 def pair_batch(chosen: list[list[int]], rejected: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,3 +83,24 @@ def plot_overoptimization(rows: list[dict], out: Path) -> None:
     ax.grid(alpha=0.3)
     _save(fig, out)
     plt.close(fig)
+
+
+def plot_methods(result: dict, out: Path) -> None:
+    """Win-rates against SFT of PPO and DPO under each judge, with their 95% CIs (tasks/compare_methods.py)."""
+    plt = _pyplot()
+    judges = [j for j in ("gold", "rm") if j in result["ppo"]]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    width = 0.38
+    for k, method in enumerate(("ppo", "dpo")):
+        rs = [result[method][j] for j in judges]
+        x = [i + (k - 0.5) * width for i in range(len(judges))]
+        err = [[r["win_rate"] - r["ci_low"] for r in rs], [r["ci_high"] - r["win_rate"] for r in rs]]
+        ax.bar(x, [r["win_rate"] for r in rs], width, yerr=err, capsize=4, label=method.upper())
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(judges)), [f"{j} judge" for j in judges])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("win-rate against SFT (95% CI)")
+    ax.set_title("PPO and DPO against SFT on held-out prompts")
+    ax.legend()
+    _save(fig, out)
+    plt.close(fig)

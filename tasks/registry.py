@@ -7,10 +7,11 @@ retrained nothing registers nothing. Each version carries lineage tags: the git 
 data and models its stage read (from dvc.lock), a hash of that stage's params, and the registered versions it
 was trained from.
 
-Promotion: a new actor gets the alias `challenger`; it becomes `champion` only when the lower bound of its
-win-rate CI is above 0.5 against the current champion (the first one: against SFT, which is what the evaluate
-stage measures). `decide_promotion` is the pure rule; `promote` gathers the evidence, applies the rule and
-records decision and evidence as version tags.
+Promotion: of a run's actors (PPO's and DPO's, versions of rlhf-actor tagged `method`), the one whose gold
+win-rate against SFT has the higher CI lower bound gets the alias `challenger` (`choose_challenger`); it
+becomes `champion` only when the lower bound of its win-rate CI is above 0.5 against the current champion (the
+first one: against SFT, which is what the evaluate stages measure). `decide_promotion` is the pure rule;
+`promote` gathers the evidence, applies the rule and records decision and evidence as version tags.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tasks.common import ROOT, workdir
 ACTOR, CRITIC, REWARD_MODEL = "rlhf-actor", "rlhf-critic", "rlhf-reward-model"
 CHAMPION, CHALLENGER = "champion", "challenger"
 CKPT_TAG = "rlhf.checkpoint_sha256"  # identity of the weights: a version is reused when they match
+METHOD_TAG = "method"  # how an actor was trained: ppo | dpo
 CODE = {ACTOR: ROOT / "tasks" / "actor_model.py", CRITIC: ROOT / "tasks" / "scorer_model.py"}
 CODE[REWARD_MODEL] = CODE[CRITIC]
 FEEDBACK_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")  # what tasks/preferences.py merges
@@ -92,6 +94,21 @@ def decide_promotion(
         return PromotionDecision(True, baseline, reason, n=n, **stats)
     reason = f"ci_low {stats['ci_low']:.3f} <= {threshold} against {baseline}: not better with confidence"
     return PromotionDecision(False, baseline, reason, n=n, **stats)
+
+
+def choose_challenger(vs_sft: Mapping[str, Mapping[str, Any] | None], judge: str = "gold") -> str:
+    """Of this run's actors (method -> its eval metrics against SFT), the one whose win-rate CI under `judge`
+    has the higher lower bound; the first listed wins ties and is the pick when none has a usable figure
+    (the promotion rule then records the missing evidence)."""
+    if not vs_sft:
+        raise ValueError("no actor to choose a challenger from")
+
+    def ci_low(method: str) -> float:
+        block = (vs_sft[method] or {}).get(judge)
+        value = float(block.get("ci_low", math.nan)) if isinstance(block, Mapping) else math.nan
+        return value if math.isfinite(value) else -math.inf
+
+    return max(vs_sft, key=ci_low)  # max keeps the first of equal keys
 
 
 # --- lineage -----------------------------------------------------------------------------------------------
@@ -215,12 +232,23 @@ def register(name: str, checkpoint: Path, tags: Mapping[str, str]) -> tuple[Any,
 
 @dataclass(frozen=True)
 class Registered:
-    """Versions of one pipeline run ("3"), and whether the actor is new (a challenger to evaluate)."""
+    """Versions of one pipeline run ("3"), and whether the actor is new (a challenger to evaluate). `actor` is
+    PPO's; `dpo_actor` DPO's when the run trained one (both are versions of rlhf-actor, tagged `method`)."""
 
     actor: str
     critic: str
     reward_model: str
     new_actor: bool
+    dpo_actor: str | None = None
+    new_dpo_actor: bool = False
+
+    def actors(self) -> dict[str, str]:
+        """method -> actor version of this run, PPO first."""
+        return {"ppo": self.actor, **({"dpo": self.dpo_actor} if self.dpo_actor else {})}
+
+    @property
+    def any_new_actor(self) -> bool:
+        return self.new_actor or self.new_dpo_actor
 
 
 def register_pipeline(root: Path | None = None, parent_run_id: str | None = None) -> Registered:
@@ -242,10 +270,14 @@ def register_pipeline(root: Path | None = None, parent_run_id: str | None = None
         from_rm = {"lineage.from.rlhf-reward-model": str(rm.version)}
         ppo_tags = {**commit, **stage_lineage(lock, "ppo"), **from_rm}
         critic, _ = register(CRITIC, root / "models/ppo/critic", ppo_tags)
-        actor, new_actor = register(ACTOR, root / "models/ppo/actor", ppo_tags)
-        if new_actor:
-            client().set_registered_model_alias(ACTOR, CHALLENGER, actor.version)
-    return Registered(str(actor.version), str(critic.version), str(rm.version), new_actor)
+        actor, new_actor = register(ACTOR, root / "models/ppo/actor", {**ppo_tags, METHOD_TAG: "ppo"})
+        dpo, new_dpo = None, False
+        if (root / "models/dpo/config.json").exists():
+            dpo_tags = {**commit, **stage_lineage(lock, "dpo"), METHOD_TAG: "dpo"}
+            dpo, new_dpo = register(ACTOR, root / "models/dpo", dpo_tags)
+    return Registered(
+        str(actor.version), str(critic.version), str(rm.version), new_actor, dpo and str(dpo.version), new_dpo
+    )
 
 
 # --- promotion ---------------------------------------------------------------------------------------------
@@ -303,12 +335,29 @@ def _head_to_head(version: str, champion: str, compare: Comparator) -> dict[str,
         )
 
 
+def select_challenger(
+    actors: Mapping[str, str], vs_sft: Mapping[str, Mapping[str, Any] | None], judge: str = "gold"
+) -> tuple[str, str]:
+    """Of this run's actors (method -> version), give the alias `challenger` to the one `choose_challenger`
+    picks from their comparisons with SFT; returns (method, version)."""
+    method = choose_challenger({m: vs_sft.get(m) for m in actors}, judge)
+    client().set_registered_model_alias(ACTOR, CHALLENGER, actors[method])
+    return method, actors[method]
+
+
+def methods_evidence(vs_sft: Mapping[str, Mapping[str, Any] | None], judge: str = "gold") -> dict[str, str]:
+    """Tags naming every method's figure against SFT, so a decision says what the challenger was picked over."""
+    figures = {m: (ev or {}).get(judge) for m, ev in vs_sft.items()}
+    return {"promotion.methods_vs_sft": json.dumps(figures, sort_keys=True, default=str)}
+
+
 def promote(
     version: str,
     vs_sft: Mapping[str, Any] | None,
     compare: Comparator | None,
     judge: str = "gold",
     attempts: int = 3,
+    extra_tags: Mapping[str, str] | None = None,
 ) -> PromotionDecision:
     """Decide whether actor `version` becomes champion, record the decision on it, move the alias if so.
 
@@ -317,7 +366,8 @@ def promote(
     `promotion_lock`, and the alias moves only if the champion is still the one evaluated against (else the
     challenger is evaluated again, up to `attempts` times): the decision's baseline names the version it beat.
     Tags follow the alias: `promotion.promote` is True only on the champion; the one it replaced gets False
-    and `promotion.superseded_by`.
+    and `promotion.superseded_by`. `extra_tags` go on the version with the decision (the pipeline's: which
+    method, and every method's figures).
     """
     with promotion_lock():
         for _ in range(attempts):
@@ -330,13 +380,17 @@ def promote(
                     raise ValueError(f"{ACTOR} has a champion (v{champion}): a comparator is needed to challenge it")
                 vs_champion = _head_to_head(version, champion, compare)
             if alias_version(ACTOR, CHAMPION) == champion:  # a promotion outside the lock (by hand) moved it
-                return _record(version, champion, decide_promotion(vs_sft, vs_champion, champion, judge=judge),
-                               vs_sft if champion is None else vs_champion)  # fmt: skip
+                decision = decide_promotion(vs_sft, vs_champion, champion, judge=judge)
+                return _record(version, champion, decision, vs_sft if champion is None else vs_champion, extra_tags)
         raise RuntimeError(f"{ACTOR}: the champion kept changing during {attempts} evaluations of v{version}")
 
 
 def _record(
-    version: str, champion: str | None, decision: PromotionDecision, evidence: Mapping[str, Any] | None
+    version: str,
+    champion: str | None,
+    decision: PromotionDecision,
+    evidence: Mapping[str, Any] | None,
+    extra_tags: Mapping[str, str] | None = None,
 ) -> PromotionDecision:
     """Decision and evidence as tags of `version`; if promoted, the alias moves and the old champion says so."""
     mc = client()
@@ -344,6 +398,7 @@ def _record(
         **decision.as_tags(),
         "promotion.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "promotion.evidence": json.dumps(evidence, sort_keys=True, default=str),
+        **(extra_tags or {}),
     }
     for key, value in tags.items():
         mc.set_model_version_tag(ACTOR, version, key, value)

@@ -12,7 +12,6 @@ rank 0 alone measures and writes.
 from __future__ import annotations
 
 import time
-import zlib
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -26,7 +25,7 @@ from rlhf.device import Runtime, peak_memory_mb
 from rlhf.generate import SamplingConfig
 from rlhf.judges import load_judge
 from rlhf.model import ScalarHeadModel
-from rlhf.reward import Pairs, RMConfig, encode_pairs, margins, train_reward_model
+from rlhf.reward import Pairs, RMConfig, encode_frame, margins, split, train_reward_model
 from rlhf.rollout import Rollout, reward_model_scores, sample_rollout
 from rlhf.stats import calibration_table, pairwise_accuracy, spearman
 from rlhf.tokenizer import ChatTokenizer
@@ -47,11 +46,6 @@ class RewardParams(RMConfig):
     """temperature of those samples (PPO's rollout temperature)"""
     max_new_tokens: int = 64
     """longest sampled response"""
-
-
-def split(df: pd.DataFrame, val_frac: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    held = df["prompt"].map(lambda p: zlib.crc32(p.encode()) % 10_000 < val_frac * 10_000)
-    return df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
 
 
 def labeler_ceiling(val: pd.DataFrame) -> float | None:
@@ -94,17 +88,7 @@ def run(params: dict) -> dict:
     tok = ChatTokenizer.load(path("models/sft"))
     sft = load_model(path("models/sft"), arch="gpt")
     train_df, val_df = split(pd.read_parquet(path(PAIRS)), cfg.val_frac)
-
-    def enc(d):
-        return encode_pairs(
-            tok,
-            d["prompt"].tolist(),
-            d["chosen"].tolist(),
-            d["rejected"].tolist(),
-            sft.cfg.block_size,
-        )
-
-    train, val = enc(train_df), enc(val_df)
+    train, val = encode_frame(tok, train_df, sft.cfg.block_size), encode_frame(tok, val_df, sft.cfg.block_size)
     logged = {"reward_model": params["reward_model"], "runtime": params.get("runtime", {})}
     with launch.session(params) as rt:
         torch.manual_seed(cfg.seed)  # the same head on every rank (DDP also broadcasts rank 0's weights)

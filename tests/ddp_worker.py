@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from rlhf import distributed, ppo
+from rlhf.dpo import DPOConfig, train_dpo
 from rlhf.lm_data import EpochSampler
 from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.model import GPT, GPTConfig, ScalarHeadModel
@@ -75,6 +76,23 @@ def rm_scenario(workdir: Path) -> Result:
     model = ScalarHeadModel(CFG).double()
     logged, log = _recorder()
     best = train_reward_model(model, train, val, cfg, pad_id=0, log=log)
+    return model.state_dict(), {"logged": logged, "best": best}
+
+
+def dpo_scenario(workdir: Path) -> Result:
+    """Two DPO steps on 4 pairs each (unequal lengths and prompts); 5 held-out pairs (split 2/3 over two ranks)
+    evaluated every step; a reference unlike the policy, so the first step's loss is not log 2."""
+    seqs = _sequences(26, seed=3)
+    chosen, rejected = seqs[0:8] + seqs[16:21], seqs[8:16] + seqs[21:26]
+    n_prompt = [max(2, min(len(c), len(r)) // 3) for c, r in zip(chosen, rejected, strict=True)]
+    train, val = Pairs(chosen[:8], rejected[:8], n_prompt[:8]), Pairs(chosen[8:], rejected[8:], n_prompt[8:])
+    cfg = DPOConfig(steps=2, batch_size=4, lr=1e-2, warmup_steps=1, eval_every=1, patience=10, checkpoint_every=1)
+    torch.manual_seed(1)
+    reference = GPT(CFG)
+    torch.manual_seed(0)
+    model = GPT(CFG)
+    logged, log = _recorder()
+    best = train_dpo(model, reference, train, val, cfg, pad_id=0, state_dir=workdir / "dpo_state", log=log)
     return model.state_dict(), {"logged": logged, "best": best}
 
 
@@ -173,6 +191,7 @@ def ppo_loop_scenario(workdir: Path) -> Result:
 SCENARIOS: dict[str, Callable[[Path], Result]] = {
     "sft": sft_scenario,
     "rm": rm_scenario,
+    "dpo": dpo_scenario,
     "ppo": ppo_scenario,
     "stats": global_stats_scenario,
     "ppo_loop": ppo_loop_scenario,

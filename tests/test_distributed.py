@@ -1,8 +1,8 @@
 """Data parallelism on the CPU: two Gloo processes under torchrun against one process on the same global batch.
 
 One torchrun launch runs every scenario of tests/ddp_worker.py on both ranks; the same scenarios run here in one
-process, and the results must agree: SFT (2 steps, unequal target-token counts per rank), the reward model
-(2 steps, uneven held-out split), PPO's `learn` (2 steps on a fixed rollout split over the ranks), and the global
+process, and the results must agree: SFT (2 steps, unequal target-token counts per rank), the reward model and
+DPO (2 steps, uneven held-out split), PPO's `learn` (2 steps on a fixed rollout split over the ranks), the global
 statistics (whitening, token mean, explained variance). Tolerance: parameters within atol 1e-5, logged metrics
 within 1e-5 relative: the ranks' partial sums are added in another order than one process adds them, and what
 remains is float rounding (seen: 4e-7 for SFT and 1e-7 for PPO in fp32; 3e-13 for the reward model, which runs in
@@ -58,7 +58,7 @@ def ddp(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> tuple[dict[str, torch.Tensor], dict]:
     out = tmp_path_factory.mktemp("single")
-    ddp_worker.run_all(out, ["sft", "rm", "ppo"])
+    ddp_worker.run_all(out, ["sft", "rm", "dpo", "ppo"])
     return _results(out, 0)
 
 
@@ -87,6 +87,13 @@ def test_sft_steps_match_one_process(ddp, single):
 def test_reward_model_steps_match_one_process(ddp, single):
     _assert_params_close(ddp, single, "rm.")
     got, want = _results(ddp, 0)[1]["rm"], single[1]["rm"]
+    _assert_logs_close(got["logged"], want["logged"])
+    assert got["best"] == pytest.approx(want["best"], rel=ATOL)
+
+
+def test_dpo_steps_match_one_process(ddp, single):
+    _assert_params_close(ddp, single, "dpo.")
+    got, want = _results(ddp, 0)[1]["dpo"], single[1]["dpo"]
     _assert_logs_close(got["logged"], want["logged"])
     assert got["best"] == pytest.approx(want["best"], rel=ATOL)
 

@@ -44,6 +44,7 @@ TINY: dict[str, dict[str, Any]] = {
     "validate": {"min_demos": 10, "min_pairs": 10},
     "preferences": {"k": 2, "max_new_tokens": 16},
     "reward_model": {"epochs": 1, "batch_size": 8, "warmup_steps": 2, "eval_every": 5, "n_samples": 8},
+    "dpo": {"steps": 4, "batch_size": 8, "warmup_steps": 1, "eval_every": 2, "checkpoint_every": 0},
     "ppo": {
         "iterations": 2,
         "batch_size": 8,
@@ -78,7 +79,8 @@ def test_dvc_stages_are_the_flow_stages_in_order() -> None:
     assert tuple(DVC_YAML) == STAGES
     produced: set[str] = set()
     for name, stage in DVC_YAML.items():  # every data dep is made by an earlier stage or kept in git
-        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
+        made_here = [*stage.get("outs", []), *stage.get("metrics", [])]  # a stage may read another's metrics
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in made_here]
         for dep in stage["deps"]:
             made = any(dep == o or dep.startswith(f"{o}/") or o.startswith(f"{dep}/") for o in produced)
             assert made or (ROOT / dep).exists(), f"{name}: dep {dep} is neither an earlier output nor in the repo"
@@ -147,12 +149,41 @@ def test_tiny_params_name_existing_keys() -> None:
     assert not stale, f"TINY names keys params.yaml does not have: {stale}"
 
 
+def core_modules_imported(module: str) -> set[str]:
+    """The rlhf/ files (rlhf/world as one) a stage's module loads, by importing it in a fresh interpreter."""
+    code = f"import sys, {module}; print('\\n'.join(m for m in sys.modules if m.startswith('rlhf')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return {"rlhf/world" if m.startswith("rlhf.world") else m.replace(".", "/") + ".py" for m in out.split()} - {
+        "rlhf.py",
+        "rlhf/__init__.py",
+    }
+
+
+def test_the_dpo_stage_lists_what_it_reads_and_runs() -> None:
+    """Its deps are the core modules it imports (no more: a change elsewhere must not retrain it), its task file,
+    SFT, the pairs and their gate; its params are its section and the reward model's held-out share."""
+    stage = DVC_YAML["dpo"]
+    code = {d for d in stage["deps"] if d.startswith(("rlhf/", "tasks/"))}
+    plumbing = {"rlhf/io.py", "rlhf/progress.py"}  # as for every stage: writing and logging retrain nothing
+    imported = core_modules_imported("tasks.dpo") - plumbing
+    assert imported <= code and code - imported == {"tasks/dpo.py", "rlhf/hf.py"}  # hf: loaded for an HF model
+    data = set(stage["deps"]) - code
+    assert data == {"models/sft", "data/preferences/pairs.parquet", "reports/validation/preferences.json"}
+    assert stage["params"] == ["dpo", "reward_model.val_frac", "runtime"]
+    assert stage["outs"] == ["models/dpo"] and stage["metrics"] == [{"metrics/dpo.json": {"cache": False}}]
+    compare = DVC_YAML["compare_methods"]
+    assert {"models/dpo", "models/ppo", "metrics/dpo.json", "metrics/eval.json"} <= set(compare["deps"])
+    assert {next(iter(m)) for m in compare["metrics"]} == {"metrics/eval_dpo.json", "metrics/compare_methods.json"}
+
+
 def test_dvc_reads_the_pipeline(tmp_path: Path) -> None:
     # In a scratch repository: a `dvc repro` running in the checkout holds its lock.
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     run_dvc(tmp_path, "init", "--no-scm", "-q")
     out = run_dvc(tmp_path, "dag", "--dot")
     assert '"ppo" -> "evaluate"' in out and '"validate_preferences" -> "reward_model"' in out
+    assert '"dpo" -> "compare_methods"' in out and '"validate_preferences" -> "dpo"' in out
+    assert '"dpo" -> "ppo"' not in out and '"reward_model" -> "dpo"' not in out  # DPO needs no reward model
 
 
 # --- the real pipeline in a fresh clone -------------------------------------------------------------------

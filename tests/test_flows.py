@@ -95,10 +95,14 @@ with run as tr:
         seed = toy["actor_seed"] + len(Path("data/preferences/pairs.parquet").read_text())
         save("models/ppo/actor", "gpt", seed)
         save("models/ppo/critic", "scalar", seed)
-    elif stage == "evaluate":
-        gold = {"win_rate": toy["ci_low"] + 0.05, "ci_low": toy["ci_low"], "ci_high": toy["ci_low"] + 0.1, "n": 64}
-        write("metrics/eval.json", json.dumps({"gold": gold, "kl": 1.0}))
-        write("reports/eval/report.json", json.dumps({"gold": gold}))
+    elif stage == "dpo":
+        save("models/dpo", "gpt", 1000 + len(Path("data/preferences/pairs.parquet").read_text()))
+    elif stage in ("evaluate", "compare_methods"):
+        low = toy["ci_low" if stage == "evaluate" else "dpo_ci_low"]
+        gold = {"win_rate": low + 0.05, "ci_low": low, "ci_high": low + 0.1, "n": 64}
+        name = "eval" if stage == "evaluate" else "eval_dpo"
+        write(f"metrics/{name}.json", json.dumps({"gold": gold, "kl": 1.0}))
+        write(f"reports/{'eval' if stage == 'evaluate' else 'compare'}/report.json", json.dumps({"gold": gold}))
     tr.log_metrics({f"{stage}/done": 1.0}, step=0)
 '''
 
@@ -132,10 +136,15 @@ def toy_dvc_yaml() -> dict[str, Any]:
             ["data/preferences/pairs.parquet", "reports/validation/preferences.json"],
             ["models/reward_model"],
         ),
+        "dpo": stage("dpo", ["models/sft", "data/preferences/pairs.parquet"], ["models/dpo"]),
         "ppo": stage("ppo", ["models/sft", "models/reward_model"], ["models/ppo"], ["toy.actor_seed"]),
         "evaluate": stage("evaluate", ["models/ppo"], ["reports/eval"], ["toy.ci_low"]),
+        "compare_methods": stage(
+            "compare_methods", ["models/dpo", "models/ppo"], ["reports/compare"], ["toy.dpo_ci_low"]
+        ),
     }
     stages["evaluate"]["metrics"] = [{"metrics/eval.json": report}]
+    stages["compare_methods"]["metrics"] = [{"metrics/eval_dpo.json": report}]
     return {"stages": stages}
 
 
@@ -176,6 +185,7 @@ def toy_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "toy_stages.py").write_text(TOY_STAGES)
     (root / "dvc.yaml").write_text(yaml.safe_dump(toy_dvc_yaml(), sort_keys=False))
     toy = {"fail_validate_demos": False, "fail_validate_preferences": False, "actor_seed": 1, "ci_low": 0.6}
+    toy["dpo_ci_low"] = 0.5  # DPO beats SFT less surely than PPO: PPO's actor challenges
     (root / "params.yaml").write_text(yaml.safe_dump({"toy": toy}))
     shutil.copy(ROOT / ".dvcignore", root / ".dvcignore")
     git(root, "init", "-q")
@@ -214,10 +224,17 @@ def test_toy_pipeline_and_retraining_flows(harness: None, toy_repo: Path) -> Non
     def alias(name: str) -> str:
         return str(client.get_model_version_by_alias(ACTOR, name).version)
 
-    # 1. From scratch: every stage runs, each in a child run of the pipeline run; the first actor beats SFT.
+    # 1. From scratch: every stage runs, each in a child run of the pipeline run. Both actors are registered
+    #    (PPO's v1, DPO's v2); PPO's beats SFT more surely, challenges, and beats SFT.
     first = pipeline_flow(root=root, comparator=None)
     assert ran(first) == list(STAGES)
-    assert first["promotion"]["promote"] and alias(CHAMPION) == "1"
+    assert (first["registered"]["actor"], first["registered"]["dpo_actor"]) == ("1", "2")
+    assert first["promotion"]["promote"] and first["promotion"]["method"] == "ppo" and alias(CHAMPION) == "1"
+    tags = {v: client.get_model_version(ACTOR, v).tags for v in ("1", "2")}
+    assert (tags["1"]["method"], tags["2"]["method"]) == ("ppo", "dpo")
+    assert tags["2"]["lineage.dvc_stage"] == "dpo" and "lineage.dvc.deps.models/sft" in tags["2"]
+    named = json.loads(tags["1"]["promotion.methods_vs_sft"])
+    assert (named["ppo"]["ci_low"], named["dpo"]["ci_low"]) == (0.6, 0.5)
     children = mlflow.search_runs(
         search_all_experiments=True,
         filter_string=f"tags.mlflow.parentRunId = '{first['parent_run_id']}'",
@@ -230,10 +247,11 @@ def test_toy_pipeline_and_retraining_flows(harness: None, toy_repo: Path) -> Non
     # 2. An experiment on a PPO param (`dvc exp run -S`) reruns only PPO and what follows, and the flow
     #    run after it trains nothing; it registers the new actor, which loses to the champion.
     out = dvc_cli(toy_repo, "exp", "run", "-S", "toy.actor_seed=2")
-    assert [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")] == ["ppo", "evaluate"]
+    reran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
+    assert reran == ["ppo", "evaluate", "compare_methods"]
     second = pipeline_flow(root=root, comparator="tests.test_flows:worse")
-    assert ran(second) == [] and second["registered"]["new_actor"]
-    assert not second["promotion"]["promote"] and (alias(CHAMPION), alias(CHALLENGER)) == ("1", "2")
+    assert ran(second) == [] and second["registered"]["new_actor"] and not second["registered"]["new_dpo_actor"]
+    assert not second["promotion"]["promote"] and (alias(CHAMPION), alias(CHALLENGER)) == ("1", "3")
 
     # 3. Retraining: one valid and one invalid file arrive; the valid one is tracked and retrains from
     #    the preferences stage on; the new reward model and actor are registered; the actor wins.
@@ -247,8 +265,9 @@ def test_toy_pipeline_and_retraining_flows(harness: None, toy_repo: Path) -> Non
     assert not list((toy_repo / "data/incoming").glob("*.jsonl"))
     assert ran(third["pipeline"])[0] == "preferences" and "reward_model" in ran(third["pipeline"])
     assert third["pipeline"]["registered"]["reward_model"] == "2"
-    assert third["pipeline"]["promotion"]["promote"] and alias(CHAMPION) == "3"
-    lineage = client.get_model_version(ACTOR, "3").tags
+    assert third["pipeline"]["registered"]["dpo_actor"] == "5"  # new pairs: a new DPO actor too
+    assert third["pipeline"]["promotion"]["promote"] and alias(CHAMPION) == "4"
+    lineage = client.get_model_version(ACTOR, "4").tags
     assert lineage["lineage.from.rlhf-reward-model"] == "2" and "lineage.dvc.deps.models/sft" in lineage
     assert client.get_model_version(REWARD_MODEL, "2").tags["lineage.dvc_stage"] == "reward_model"
 
@@ -282,7 +301,7 @@ def test_fresh_clone_dvc_and_flow_agree(harness: None, tmp_path: Path, monkeypat
     assert ran_stages(run_dvc(clone, "repro", env=quiet)) == list(DVC_YAML)
     assert ran_stages(run_dvc(clone, "repro", env=quiet)) == []
 
-    # A PPO param changes: the flow reruns PPO and evaluate only, each in a child run of the pipeline run,
+    # A PPO param changes: the flow reruns PPO and the evaluations only, each in a child run of the pipeline run,
     # registers the models and decides the first actor's promotion against SFT.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("RLHF_TRACKING", raising=False)
@@ -290,14 +309,16 @@ def test_fresh_clone_dvc_and_flow_agree(harness: None, tmp_path: Path, monkeypat
     params["ppo"]["seed"] += 1
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     summary = pipeline_flow(root=str(clone))
-    assert ran(summary) == ["ppo", "evaluate"]
-    assert summary["registered"]["actor"] == "1" and summary["promotion"]["baseline"] == "sft"
+    assert ran(summary) == ["ppo", "evaluate", "compare_methods"]
+    assert summary["registered"]["actor"] == "1" and summary["registered"]["dpo_actor"] == "2"
+    assert summary["promotion"]["baseline"] == "sft" and summary["promotion"]["method"] in ("ppo", "dpo")
     children = mlflow.search_runs(
         search_all_experiments=True,
         filter_string=f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'",
         output_format="list",
     )
-    assert sorted(r.info.run_name for r in children) == ["evaluate", "ppo", "register"]
+    # compare_methods runs the evaluate stage's code twice (DPO vs SFT, PPO vs DPO)
+    assert sorted(r.info.run_name for r in children) == ["evaluate", "evaluate", "evaluate", "ppo", "register"]
     assert ran_stages(run_dvc(clone, "repro", env=quiet)) == []  # DVC agrees with the flow
 
     # The challenger-vs-champion evaluation the flow uses once a champion exists: any two checkpoints.

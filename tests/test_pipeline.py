@@ -25,7 +25,20 @@ def _params():
 
 
 def test_stages_run_in_order(root):
-    from tasks import evaluate, ppo, preferences, prepare, pretrain, reward_model, sft, tokenizer, validate, world
+    from tasks import (
+        compare_methods,
+        dpo,
+        evaluate,
+        ppo,
+        preferences,
+        prepare,
+        pretrain,
+        reward_model,
+        sft,
+        tokenizer,
+        validate,
+        world,
+    )
     from tasks.common import section
 
     params = _params()
@@ -51,6 +64,10 @@ def test_stages_run_in_order(root):
     assert (pairs["chosen"] != pairs["rejected"]).all()
     m_rm = reward_model.run(params)
     assert {"accuracy", "ceiling", "spearman_gold"} <= set(m_rm)
+    m_dpo = dpo.run(params)
+    assert {"loss", "val_loss", "val_accuracy", "val_margin", "seconds", "peak_memory_mb"} <= set(m_dpo)
+    assert m_dpo["n_val"] == m_rm["n_val"]  # the reward model's held-out pairs
+    assert not (root / "state/dpo").exists()  # the training state goes once the model is written
     m_ppo = ppo.run(params)
     assert {"kl", "rm_score", "gold_score", "sft_rm_score", "sft_gold_score"} <= set(m_ppo)
     assert sorted(p.name for p in (root / "models/ppo/snapshots").iterdir()) == ["iter_0000", "iter_0001", "iter_0002"]
@@ -64,7 +81,15 @@ def test_stages_run_in_order(root):
     assert ev["kl"] >= -0.5 and "kl_eval_temperature" in ev and ev["kl"] != ev["kl_eval_temperature"]
     assert {"reward_mean", "reward_std"} <= set(m_ppo)
     assert (root / "reports/eval/report.md").read_text().startswith("# Evaluation report")
-    for plot in ("ppo_curves.png", "overoptimization.png", "rm_calibration.png", "ppo_curves.csv"):
+    cmp = compare_methods.run(params)
+    ev_dpo = json.loads((root / "metrics/eval_dpo.json").read_text())
+    assert set(ev_dpo) == set(ev) and set(ev_dpo["gold"]) == set(ev["gold"])  # the shape of eval.json
+    assert cmp["dpo"]["gold"] == ev_dpo["gold"] and cmp["ppo"]["gold"] == ev["gold"]
+    assert set(cmp["ppo_vs_dpo"]) == {"win_rate", "ci_low", "ci_high", "n"} and cmp["ppo_vs_dpo"]["n"] == 8
+    assert cmp["heldout_pairs"]["reward_model_accuracy"] == m_rm["accuracy"]
+    assert "| KL from SFT" in (root / "reports/compare/report.md").read_text()
+    plots = ("ppo_curves.png", "overoptimization.png", "rm_calibration.png", "ppo_curves.csv", "compare_methods.png")
+    for plot in plots:
         assert (root / "plots" / plot).stat().st_size > 0
 
 

@@ -77,6 +77,31 @@ def test_decision_tags_are_strings() -> None:
     assert tags["promotion.promote"] == "True" and all(isinstance(v, str) for v in tags.values())
 
 
+# --- choose_challenger: which of a run's actors challenges -------------------------------------------------
+
+
+def test_the_actor_with_the_higher_ci_low_against_sft_challenges() -> None:
+    ppo, dpo = metrics(0.55, 0.7, win_rate=0.66), metrics(0.58, 0.64, win_rate=0.61)
+    assert registry.choose_challenger({"ppo": ppo, "dpo": dpo}) == "dpo"  # the lower bound counts, not the rate
+    assert registry.choose_challenger({"ppo": metrics(0.6, 0.7), "dpo": dpo}) == "ppo"
+    assert registry.choose_challenger({"ppo": metrics(0.58, 0.7), "dpo": dpo}) == "ppo"  # a tie: the first listed
+
+
+@pytest.mark.parametrize("broken", [None, {}, {"rm": metrics(0.9, 0.95)["gold"]}, metrics(float("nan"), 1)])
+def test_an_actor_without_a_usable_figure_never_wins_the_pick(broken: dict[str, Any] | None) -> None:
+    assert registry.choose_challenger({"ppo": broken, "dpo": metrics(0.3, 0.4)}) == "dpo"
+    assert registry.choose_challenger({"ppo": broken, "dpo": None}) == "ppo"  # the rule then records no evidence
+    assert registry.choose_challenger({"ppo": metrics(0.2, 0.3), "dpo": metrics(0.2, 0.4)}, judge="rm") == "ppo"
+
+
+def test_the_picked_actor_then_faces_the_champion_rule() -> None:
+    """DPO beats SFT more surely than PPO, so it challenges; the champion rule alone decides its promotion."""
+    vs_sft = {"ppo": metrics(0.52, 0.6), "dpo": metrics(0.6, 0.7)}
+    picked = registry.choose_challenger(vs_sft)
+    assert picked == "dpo" and decide_promotion(vs_sft[picked], None, champion=None).promote
+    assert not decide_promotion(vs_sft[picked], metrics(0.4, 0.55), champion="2").promote
+
+
 # --- the real registry --------------------------------------------------------------------------------------
 
 
@@ -152,8 +177,9 @@ def registry_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             write_lock(root, lr=1e-5 * seed)
             with tracking.pipeline_run(f"pipeline {seed}") as parent:
                 reg = registry.register_pipeline(root, parent.run_id)
+                _, version = registry.select_challenger(reg.actors(), {"ppo": vs_sft})
                 compare = FakeComparator(vs_champion) if vs_champion else None
-                decision = registry.promote(reg.actor, vs_sft, compare)
+                decision = registry.promote(version, vs_sft, compare)
             out["runs"].append({"registered": reg, "decision": decision, "compare": compare})
         # A pipeline run that retrained nothing registers nothing.
         out["again"] = registry.register_pipeline(root, None)

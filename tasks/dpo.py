@@ -1,0 +1,101 @@
+"""Stage `dpo`: Direct Preference Optimization of the SFT model on the preference pairs (rlhf/dpo.py).
+
+The pairs are the reward model's, after the same validation gate, and the held-out prompts are the same
+(`rlhf.reward.split` with `reward_model.val_frac`), so DPO's held-out implicit-reward accuracy and the
+reward model's accuracy are measured on the same pairs. The reference (the SFT model) scores every pair once
+before training. Writes models/dpo/ (an LM checkpoint like models/sft) and metrics/dpo.json.
+
+With `runtime.nproc_per_node` > 1 (or under torchrun) every rank trains on its share of each batch of pairs;
+rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pandas as pd
+
+from rlhf import distributed
+from rlhf.checkpoint import fingerprint, load_model, resumable_meta, save_model
+from rlhf.device import peak_memory_mb
+from rlhf.dpo import DPOConfig, train_dpo
+from rlhf.reward import encode_frame, split
+from rlhf.tokenizer import ChatTokenizer
+from tasks import launch
+from tasks.common import ParamError, build_dataclass, path, resume_inputs, stage_main, write_metrics
+
+SFT = "models/sft"
+PAIRS = "data/preferences/pairs.parquet"
+STATE = "state/dpo"
+
+
+def run(params: dict) -> dict:
+    cfg = build_dataclass(DPOConfig, params["dpo"], "params.yaml:dpo")  # bad params fail before any model loads
+    val_frac = (params.get("reward_model") or {}).get("val_frac")  # the reward model's held-out prompts
+    if not isinstance(val_frac, (int, float)) or not 0 < val_frac < 1:
+        raise ParamError(f"params.yaml:reward_model.val_frac must be a number in (0, 1) for DPO, got {val_frac!r}")
+    tok = ChatTokenizer.load(path(SFT))
+    sft = load_model(path(SFT), arch="gpt")
+    train_df, val_df = split(pd.read_parquet(path(PAIRS)), val_frac)
+    if train_df.empty or val_df.empty:
+        raise ValueError(
+            f"{path(PAIRS)}: {len(train_df)} training and {len(val_df)} held-out pairs with "
+            f"reward_model.val_frac={val_frac}; DPO needs both (more pairs, or another val_frac)"
+        )
+    train, val = encode_frame(tok, train_df, sft.cfg.block_size), encode_frame(tok, val_df, sft.cfg.block_size)
+    logged = {"dpo": params["dpo"], "runtime": params.get("runtime", {})}
+    inputs = resume_inputs(
+        {"dpo": params["dpo"], "reward_model.val_frac": val_frac}, [f"{SFT}/model.safetensors", PAIRS]
+    )
+    resumable_meta(path(STATE) / "checkpoint", fingerprint(cfg, inputs), path(STATE))  # refuse before any work
+    with launch.session(params) as rt:
+        model = sft.to(rt.device)
+        reference = load_model(path(SFT), arch="gpt").to(rt.device).eval()
+        t0 = time.perf_counter()
+        with launch.stage_run("dpo", logged, state_dir=path(STATE)) as tr:
+            best = train_dpo(
+                model,
+                reference,
+                train,
+                val,
+                cfg,
+                tok.pad_id,
+                path(STATE) / "checkpoint",
+                tr.log_metrics,
+                rt,
+                inputs=inputs,
+                start_over=path(STATE),
+            )
+            del reference
+            seconds = time.perf_counter() - t0
+            peak = launch.peak_memory(rt)
+            if not distributed.is_main():
+                return {}  # rank 0 reports and writes
+            metrics = {
+                "loss": best["train_loss"],
+                "val_loss": best["loss"],
+                "val_accuracy": best["accuracy"],
+                "val_margin": best["margin"],
+                "n_train": len(train),
+                "n_val": len(val),
+                "steps": best["steps"],
+                "seconds": seconds,
+                "peak_memory_mb": max(peak, peak_memory_mb(rt.device)),
+                "world_size": distributed.world_size(),
+            }
+            tr.log_metrics({f"dpo/{k}": float(v) for k, v in metrics.items()}, best["steps"])
+            tokenizer = path(f"{SFT}/tokenizer.json")
+            save_model(path("models/dpo"), model, tokenizer, stage="dpo", beta=cfg.beta, loss_type=cfg.loss_type)
+            write_metrics("dpo", metrics)
+    shutil.rmtree(path(STATE), ignore_errors=True)
+    return metrics
+
+
+@stage_main
+def main() -> None:
+    launch.main("tasks.dpo", __doc__, run)
+
+
+if __name__ == "__main__":
+    main()
