@@ -112,8 +112,15 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+# Plumbing that cannot change what a stage computes: params parsing, paths, error types, metrics files, MLflow,
+# plots, atomic writes, progress lines. A logging change must not retrain models, so these are no stage's deps
+# and what they import is not followed.
+PLUMBING = {"tasks/common.py", "tasks/tracking.py", "tasks/plots.py", "rlhf/io.py", "rlhf/progress.py"}
+
+
 def import_closure(module: str) -> set[str]:
-    """Every project file that running `python -m module` may import, as paths relative to the repo."""
+    """Every project file that running `python -m module` may import (module level and inside functions, not
+    through PLUMBING), as paths relative to the repo."""
     seen: set[Path] = set()
     todo = [module]
     while todo:
@@ -123,21 +130,24 @@ def import_closure(module: str) -> set[str]:
             f = _module_file(".".join(parts[:i]))
             if f is not None and f not in seen:
                 seen.add(f)
-                todo += _imported(f)
+                todo += [] if str(f.relative_to(ROOT)) in PLUMBING else _imported(f)
     return {str(f.relative_to(ROOT)) for f in seen}
+
+
+def core_imports(module: str) -> set[str]:
+    """The core files (rlhf/world as one) a stage's entry module imports, plumbing left out."""
+    files = {f for f in import_closure(module) if f.startswith("rlhf/")} - PLUMBING - {"rlhf/__init__.py"}
+    return {"rlhf/world" if f.startswith("rlhf/world/") else f for f in files}
 
 
 @pytest.mark.parametrize("stage", list(DVC_YAML))
 def test_stage_deps_cover_the_core_code_it_imports(stage: str) -> None:
     """A core module a stage imports but does not list would leave stale outputs that `dvc repro` calls up to
-    date. Plumbing that cannot change what a stage computes (tasks/ tracking, launch, common, plots; rlhf/io.py
-    and rlhf/progress.py) is left out on purpose: a logging change must not retrain models."""
+    date. PLUMBING is left out on purpose."""
     spec = DVC_YAML[stage]
     module = spec["cmd"].split("-m", 1)[1].split()[0]
     deps = spec["deps"]
-    own = f"{module.replace('.', '/')}.py"
-    plumbing = {"rlhf/__init__.py", "rlhf/io.py", "rlhf/progress.py"}  # atomic writes, progress lines
-    needed = {f for f in import_closure(module) if f.startswith("rlhf/") and f not in plumbing} | {own}
+    needed = core_imports(module) | {f"{module.replace('.', '/')}.py"}
     missing = sorted(f for f in needed if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
     assert not missing, f"dvc.yaml stage {stage} imports {missing} but does not list them in deps"
 
@@ -149,24 +159,13 @@ def test_tiny_params_name_existing_keys() -> None:
     assert not stale, f"TINY names keys params.yaml does not have: {stale}"
 
 
-def core_modules_imported(module: str) -> set[str]:
-    """The rlhf/ files (rlhf/world as one) a stage's module loads, by importing it in a fresh interpreter."""
-    code = f"import sys, {module}; print('\\n'.join(m for m in sys.modules if m.startswith('rlhf')))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return {"rlhf/world" if m.startswith("rlhf.world") else m.replace(".", "/") + ".py" for m in out.split()} - {
-        "rlhf.py",
-        "rlhf/__init__.py",
-    }
-
-
 def test_the_dpo_stage_lists_what_it_reads_and_runs() -> None:
     """Its deps are the core modules it imports (no more: a change elsewhere must not retrain it), its task file,
     SFT, the pairs and their gate; its params are its section and the reward model's held-out share."""
     stage = DVC_YAML["dpo"]
     code = {d for d in stage["deps"] if d.startswith(("rlhf/", "tasks/"))}
-    plumbing = {"rlhf/io.py", "rlhf/progress.py"}  # as for every stage: writing and logging retrain nothing
-    imported = core_modules_imported("tasks.dpo") - plumbing
-    assert imported <= code and code - imported == {"tasks/dpo.py", "rlhf/hf.py"}  # hf: loaded for an HF model
+    imported = core_imports("tasks.dpo")
+    assert imported <= code and code - imported == {"tasks/dpo.py"}
     data = set(stage["deps"]) - code
     assert data == {"models/sft", "data/preferences/pairs.parquet", "reports/validation/preferences.json"}
     assert stage["params"] == ["dpo", "reward_model.val_frac", "runtime"]
