@@ -331,3 +331,12 @@ def test_options_go_before_or_after_the_subcommand() -> None:
         Path("b.db"),
         None,
     ]
+
+
+def test_identical_answers_are_offered_once() -> None:
+    """A peaked champion samples the same answer twice: ranked apart, the copies would export pairs that repeat
+    and contradict each other (the retraining gate refuses such a file), so a task offers each answer once."""
+    from tasks.labeling.prepare import distinct_responses
+
+    assert distinct_responses(["Lima.", "Paris.", "Lima.", "  ", "Paris. ", "Quito."]) == ["Lima.", "Paris.", "Quito."]
+    assert distinct_responses(["Lima.", "Lima."]) == ["Lima."]  # fewer than two: make_tasks leaves the prompt out

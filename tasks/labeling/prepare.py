@@ -78,8 +78,23 @@ def make_tasks(
         flat = [p for _, p in chunk for _ in range(cfg.k)]
         texts = generate_text(model, tok, flat, sampling, seed=cfg.seed + start)
         for i, (pid, prompt) in enumerate(chunk):
-            out.append(db.NewTask(prompt, pid, texts[i * cfg.k : (i + 1) * cfg.k], model_version))
+            responses = distinct_responses(texts[i * cfg.k : (i + 1) * cfg.k])
+            if len(responses) >= 2:  # else nothing to rank: the prompt is left for a later batch
+                out.append(db.NewTask(prompt, pid, responses, model_version))
         progress.update(len(chunk))
+    return out
+
+
+def distinct_responses(texts: list[str]) -> list[str]:
+    """The non-empty texts, each once, in their order. A peaked policy (a PPO champion) often samples the same
+    answer twice: ranking two copies apart would make the exported pairs repeat and contradict each other, which
+    the retraining gate rightly refuses, and a labeler cannot rank identical answers anyway."""
+    seen: set[str] = set()
+    out = []
+    for t in texts:
+        if t.strip() and t.strip() not in seen:
+            seen.add(t.strip())
+            out.append(t)
     return out
 
 
@@ -100,4 +115,8 @@ def prepare(
             ckpt, version = champion(root, Path(tmp))
         tasks = make_tasks(ckpt, version, prompts, cfg)
     ids = db.add_tasks(conn, tasks, cfg.max_labelers)
-    return {"tasks": len(ids), "model_version": version}
+    return {
+        "tasks": len(ids),
+        "model_version": version,
+        "prompts_without_two_distinct_answers": len(prompts) - len(ids),
+    }
