@@ -340,3 +340,18 @@ def test_identical_answers_are_offered_once() -> None:
 
     assert distinct_responses(["Lima.", "Paris.", "Lima.", "  ", "Paris. ", "Quito."]) == ["Lima.", "Paris.", "Quito."]
     assert distinct_responses(["Lima.", "Lima."]) == ["Lima."]  # fewer than two: make_tasks leaves the prompt out
+
+
+def test_a_ranking_that_repeats_an_accepted_pair_is_held_back() -> None:
+    """The gate refuses a whole file for one pair it already holds; the export keeps such a ranking out (and
+    says so) instead of losing every other ranking of the batch with it."""
+    from tasks.labeling.export import hold_back_repeats
+
+    rows = [
+        {"prompt": "p", "responses": ["Lima.", "Quito.", "Paris."], "ranking": [0, 2, 1], "judgement_ids": "1"},
+        {"prompt": "q", "responses": ["Yes.", "No."], "ranking": [1, 0], "judgement_ids": "2,3"},
+    ]
+    kept, held = hold_back_repeats(rows, {("q", "No.", "Yes.")})
+    assert held == [2, 3] and [r["prompt"] for r in kept] == ["p"] and "judgement_ids" not in kept[0]
+    kept, held = hold_back_repeats(rows, {("q", "Yes.", "No.")})  # the reverse is no repeat
+    assert held == [] and len(kept) == 2

@@ -60,6 +60,7 @@ def test_crowd_rankings_flow_into_a_new_actor(harness: None, toy_repo: Path) -> 
     assert prepare(conn, root, prompts, PrepareConfig(n=1, k=2, max_new_tokens=4)) == {
         "tasks": 1,
         "model_version": f"{ACTOR}/v{new}",
+        "prompts_without_two_distinct_answers": 0,
     }
     # A scheduled run with nothing newly ranked exports nothing and trains nothing; the reward model now
     # exists, so the label metrics say how often it agrees with people.

@@ -10,12 +10,14 @@ data gate. Skips and flags are never exported; flagged tasks are listed in repor
 from __future__ import annotations
 
 import sqlite3
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rlhf.data import DataError, ranking_to_pairs
 from rlhf.io import write_json, write_jsonl
 from tasks.common import workdir
 from tasks.labeling import db, stats
@@ -63,6 +65,7 @@ def finished_rows(judgements: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
                 "model_version": js[0]["model_version"],
                 "served_at": iso(min(j["served_at"] for j in js)),
                 "submitted_at": iso(max(j["submitted_at"] for j in js)),
+                "judgement_ids": ",".join(str(j["id"]) for j in js),
             }
         )
         used += [j["id"] for j in js]
@@ -102,6 +105,9 @@ def export(conn: sqlite3.Connection, root: Path, now: float | None = None) -> di
     out: Path | None = None
     with db.transaction(conn):
         rows, used = finished_rows(db.judgements(conn, "rank"))
+        rows, held = hold_back_repeats(rows, known_pairs(root))
+        conn.executemany("UPDATE judgements SET exported_to = ? WHERE id = ?", [(HELD_BACK, i) for i in held])
+        used = [i for i in used if i not in set(held)]
         if rows:
             folder = root / INCOMING
             folder.mkdir(parents=True, exist_ok=True)
@@ -111,7 +117,48 @@ def export(conn: sqlite3.Connection, root: Path, now: float | None = None) -> di
             conn.executemany("UPDATE judgements SET exported_to = ? WHERE id = ?", [(rel, i) for i in used])
     flags = flag_report(conn)
     write_json(root / FLAG_REPORT, flags)
-    return {"file": str(out) if out else None, "rows": len(rows), "flagged": len(flags), "flag_report": FLAG_REPORT}
+    return {
+        "file": str(out) if out else None,
+        "rows": len(rows),
+        "held_back_repeats": len(held),
+        "flagged": len(flags),
+        "flag_report": FLAG_REPORT,
+    }
+
+
+HELD_BACK = "held back: repeats an accepted pair"
+
+
+def known_pairs(root: Path) -> set[tuple[str, str, str]]:
+    """The (prompt, chosen, rejected) already accepted: the merged pairs and the feedback files, which the
+    retraining gate checks new files against."""
+    from tasks.validate import accepted_pairs
+
+    files = [root / "data/preferences/pairs.parquet"]
+    files += sorted(p for p in (root / "data/feedback").glob("*") if p.is_file() and not p.name.startswith("."))
+    try:
+        known = accepted_pairs(files)
+    except DataError as e:  # the gate will say so, by file and line; holding back repeats is only a courtesy
+        print(f"[labels] not checking for repeats: {e}", file=sys.stderr)
+        return set()
+    return set(zip(known["prompt"], known["chosen"], known["rejected"], strict=True))
+
+
+def hold_back_repeats(
+    rows: list[dict[str, Any]], known: set[tuple[str, str, str]]
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Rankings that would repeat an accepted pair are held back (their judgement ids returned): the gate
+    refuses a whole file for one repeated pair, and a champion's answer can coincide with an answer the
+    preference data already holds (the same short text for the same prompt). Returns (rows kept, held ids)."""
+    keep, held = [], []
+    for row in rows:
+        pairs = ranking_to_pairs(row["responses"], row["ranking"])
+        triples = {(row["prompt"], row["responses"][b], row["responses"][w]) for b, w in pairs}
+        if known and triples & known:
+            held += [int(i) for i in str(row["judgement_ids"]).split(",")]
+        else:
+            keep.append(row)
+    return [{k: v for k, v in r.items() if k != "judgement_ids"} for r in keep], held
 
 
 REWARD_MODEL, METRICS = "models/reward_model", "metrics/labels.json"
