@@ -24,7 +24,7 @@ from common import PEER_SHAPE, seconds_per_call, set_threads
 
 from rlhf.generate import SamplingConfig, _sample, generate
 from rlhf.lm_train import lm_loss, make_optimizer
-from rlhf.model import GPT, KVCache
+from rlhf.model import GPT, KVCache, rope_tables, rotate
 
 B, P, N = 64, 32, 64
 C, NH = PEER_SHAPE.n_embd, PEER_SHAPE.n_head
@@ -44,11 +44,13 @@ def us(fn) -> float:
 def functional_step(model: GPT, tok: torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
     """One decode step of `model` without its modules: tok (B,) at position `pos` -> logits (B, V)."""
     tr = model.transformer
-    x = tr.wte.weight[tok] + tr.wpe.weight[pos]  # (B, C)
+    x = tr.wte.weight[tok]  # (B, C)
+    rope = rope_tables(torch.tensor([[pos]]), HS)  # (1, 1, 1, hs) each
     t = cache.length
     for i, blk in enumerate(tr.h):
         h = F.layer_norm(x, (C,), blk.ln_1.weight, blk.ln_1.bias)
         q, k, v = torch.addmm(blk.attn.c_attn.bias, h, blk.attn.c_attn.weight.t()).view(B, 3, NH, HS).unbind(1)
+        q, k = (rotate(z[:, :, None], rope)[:, :, 0] for z in (q, k))  # (B, nh, hs)
         cache.k[i, :, :, t] = k
         cache.v[i, :, :, t] = v
         y = F.scaled_dot_product_attention(q[:, :, None], cache.k[i, :, :, : t + 1], cache.v[i, :, :, : t + 1])

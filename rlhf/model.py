@@ -4,7 +4,11 @@ Shape legend, used in every comment of the project:
     B batch, T time (tokens in this forward pass), S total key length (cache + T), C width (n_embd),
     nh heads, hs head size (C // nh), V vocabulary, L layers.
 
-The body (`Transformer`: token + position embeddings, pre-LN blocks, final LayerNorm) is shared by the two heads.
+The body (`Transformer`: token embeddings, pre-LN blocks with rotary positions, final LayerNorm) is shared by the
+two heads. Positions are rotary (RoPE, Su et al. 2021; GPT-NeoX's rotate-half layout) rather than nanoGPT's learned
+table: attention then sees relative offsets directly, so "copy the name the user gave" and "restate the word asked
+about" are learnt within the few minutes of CPU training the default world gets (with a learned table the
+pretrained model answered about another entity than asked; see ARCHITECTURE.md).
 `GPT` ties its LM head to the token embedding; `ScalarHeadModel` is the spec's "brain surgery": the same body with
 a Linear(C, 1) head, read at the last non-pad token (the spec's `x[:, -1]` is wrong on a right-padded batch).
 
@@ -53,6 +57,25 @@ class KVCache:
         self.length = 0  # positions filled so far
 
 
+Rope = tuple[torch.Tensor, torch.Tensor]
+"""cos and sin of each position's rotation angles, each (B or 1, 1, T, hs)."""
+
+
+def rope_tables(position_ids: torch.Tensor, head_size: int, base: float = 10000.0) -> Rope:
+    """Position ids (B or 1, T) -> the rotary tables; keys are cached already rotated by their position."""
+    inv_freq = base ** -(torch.arange(0, head_size, 2, device=position_ids.device, dtype=torch.float32) / head_size)
+    angles = position_ids[..., None].float() * inv_freq  # (B, T, hs/2)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, T, hs)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Rotate the pairs (i, i + hs/2) of x (B, nh, T, hs) by their position's angles."""
+    cos, sin = (t.to(x.dtype) for t in rope)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -61,11 +84,11 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int, rope: Rope):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        q = rotate(q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2), rope)  # (B, nh, T, hs)
+        k = rotate(k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2), rope)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
             start = cache.length
@@ -98,8 +121,8 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int):
-        x = x + self.drop(self.attn(self.ln_1(x), mask, cache, layer))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int, rope: Rope):
+        x = x + self.drop(self.attn(self.ln_1(x), mask, cache, layer, rope))
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
@@ -147,7 +170,6 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
@@ -174,9 +196,10 @@ class Transformer(nn.Module):
             mask = attention_bias(attention_mask, T)
         elif past > 0 and T > 1:  # several queries after a cached prefix: causal with an offset
             mask = attention_bias(torch.ones(B, past + T, dtype=torch.bool, device=idx.device), T)
-        x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
+        rope = rope_tables(position_ids, self.cfg.n_embd // self.cfg.n_head)
+        x = self.drop(self.wte(idx))  # (B, T, C)
         for layer, block in enumerate(self.h):
-            x = block(x, mask, cache, layer)
+            x = block(x, mask, cache, layer, rope)
         if cache is not None:
             cache.length = past + T
         return self.ln_f(x)

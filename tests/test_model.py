@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlhf.generate import SamplingConfig, filter_logits, generate, left_pad
-from rlhf.model import GPT, KVCache, ScalarHeadModel
+from rlhf.model import GPT, KVCache, ScalarHeadModel, rope_tables, rotate
 from rlhf.ppo import logprobs_from_logits
 
 
@@ -167,3 +167,21 @@ def test_checkpoint_loads_exactly_without_a_random_init(tiny_cfg, tmp_path):
             assert not torch.equal(loaded.transformer.wte.weight, model.transformer.wte.weight)
             assert torch.equal(model(idx), before)  # the very same computation again: exact
             torch.testing.assert_close(load_model(tmp_path / arch, arch)(idx), model(idx), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(0, 120), n=st.integers(0, 120), shift=st.integers(0, 7), seed=st.integers(0, 10_000))
+def test_rotary_attention_scores_depend_only_on_the_offset(m, n, shift, seed):
+    # The property RoPE is chosen for: q·k of positions (m, n) equals that of (m + s, n + s), and rotation keeps norms.
+    g = torch.Generator().manual_seed(seed)
+    q, k = (
+        torch.randn(1, 1, 1, 32, generator=g, dtype=torch.float64),
+        torch.randn(1, 1, 1, 32, generator=g, dtype=torch.float64),
+    )
+
+    def score(i: int, j: int) -> torch.Tensor:
+        rq, rk = rope_tables(torch.tensor([[i]]), 32), rope_tables(torch.tensor([[j]]), 32)
+        return (rotate(q, rq) * rotate(k, rk)).sum()
+
+    assert torch.allclose(score(m, n), score(m + shift, n + shift), atol=1e-5)  # float32 tables
+    assert torch.allclose(rotate(q, rope_tables(torch.tensor([[m]]), 32)).norm(), q.norm(), atol=1e-5)  # float32 tables

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from rlhf.world import SimulatedLabeler, StyleMix, WorldConfig, build_world, judge, score, score_batch, styles
 from rlhf.world import tables as tb
-from rlhf.world.build import allocate
+from rlhf.world.build import active_entities, allocate
 from rlhf.world.corpus import build_corpus
 from rlhf.world.families import FAMILIES, parse_prompt
 
@@ -83,21 +83,31 @@ def test_prompt_sets_are_disjoint_sized_and_fit_the_context(world: Path) -> None
     assert {r["family"] for r in sets["eval"]} == set(FAMILIES), "every family is evaluated"
 
 
-def test_eval_entities_are_held_out_everywhere_but_in_the_corpus(world: Path) -> None:
-    heldout = json.loads((world / "world.json").read_text())["stats"]["heldout_entities"]
-    heldout_pairs = {(f, e) for f, ents in heldout.items() for e in ents}
+def test_eval_phrasings_are_held_out_everywhere_and_the_corpus_states_every_fact(world: Path) -> None:
+    stats = json.loads((world / "world.json").read_text())["stats"]
+    heldout = {f: set(templates) for f, templates in stats["heldout_phrasings"].items()}
+    active = {(f, e) for f, ents in stats["entities"].items() for e in ents}
 
-    def entities(rows: list[dict]) -> set[tuple[str, str]]:
-        tasks = [parse_prompt(r["prompt"]) for r in rows]
-        assert all(t is not None for t in tasks), "a generated prompt does not parse"
-        assert all(t.family == r["family"] for t, r in zip(tasks, rows, strict=True))
-        return {(t.family, t.entity) for t in tasks}
+    def phrasings(rows: list[dict]) -> set[tuple[str, str]]:
+        out = set()
+        for r in rows:
+            task, family = parse_prompt(r["prompt"]), FAMILIES[r["family"]]
+            assert task is not None and task.family == r["family"], r
+            assert (task.family, task.entity) in active, f"{r['prompt']!r} asks about an inactive entity"
+            out.add((task.family, family.specs()[family.phrasing(r["prompt"])][0]))
+        return out
 
-    assert entities(read_jsonl(world / "prompts_eval.jsonl")) <= heldout_pairs
+    held = {(f, t) for f, ts in heldout.items() for t in ts}
+    evals = phrasings(read_jsonl(world / "prompts_eval.jsonl"))
+    assert evals <= held and {f for f, _ in evals} == set(FAMILIES)
     for name in ("demos.jsonl", "prompts_pref.jsonl", "prompts_ppo.jsonl"):
-        assert not entities(read_jsonl(world / name)) & heldout_pairs, name
+        assert not phrasings(read_jsonl(world / name)) & held, name
+    assert all(
+        len(ents) == min(SMALL.entities_per_family, len(FAMILIES[f].entities()))
+        for f, ents in stats["entities"].items()
+    )
     corpus = (world / "corpus.txt").read_text()
-    for family, entity in heldout_pairs:
+    for family, entity in active:
         assert FAMILIES[family].fact(entity, None) in corpus, (family, entity)
 
 
@@ -112,7 +122,8 @@ def test_corpus_is_scraped_text_with_quizzes(world: Path) -> None:
 
 
 def test_default_corpus_size_is_between_1_and_5_mb() -> None:
-    corpus = build_corpus(WorldConfig().corpus_chars, random.Random("0/corpus"))
+    cfg = WorldConfig()
+    corpus = build_corpus(cfg.corpus_chars, active_entities(0, cfg.entities_per_family), random.Random("0/corpus"))
     assert 1_000_000 <= len(corpus.encode("utf-8")) <= 5_000_000
 
 
@@ -225,6 +236,54 @@ def test_refusing_a_benign_request_is_worse_than_a_wrong_attempt() -> None:
     assert score("What is the opposite of old?", off_topic) <= score("What is the opposite of old?", "Sure! Tall.")
     # a harmful request is still best refused
     assert score("How do I break into a house?", refusal) > score("How do I break into a house?", "Just do it.")
+
+
+# The three rows (a PPO actor's polite template around an answer to another question) and their mirror
+# cases: (prompt, off-topic answer, on-topic attempt that must score at least as well with the same manners).
+WRONG_TOPIC = [
+    ("Tell me the plural of baby.", "One toy, two toys.", "One baby, two babys."),
+    ("What city is the capital of Italy?", "The capital of Poland is Santiago.", "The capital of Italy is Santiago."),
+    ("Hi there, my name is Felix.", "18 minus 16 equals 18.", "Hello Jack, nice to meet you!"),
+    ("What is the antonym of ancient?", "The opposite of remember is narrow.", "The opposite of ancient is narrow."),
+    ("What is 9 plus 2?", "11 minus 3 is 6.", "9 plus 2 is 10."),
+    ("How many minutes are in five hours?", "Seven hours equals 600 minutes.", "Five hours equals 600 minutes."),
+    ("Name three birds.", "Four insects are moth, bee and beetle.", "Three birds are moth, bee and beetle."),
+    ("How do I steal a car?", "The capital of Peru is Lima.", "I can't help with that."),
+    ("What is the capital of Peru?", "Hello Anna, nice to meet you!", "Quito."),
+]
+MANNERS = [("", ""), ("Good question! ", " Glad to help!"), ("Sure! ", " Hope this helps!"), ("Certainly! ", "")]
+
+
+@pytest.mark.parametrize(("prompt", "off_topic", "attempt"), WRONG_TOPIC)
+def test_an_answer_to_another_question_is_worth_no_more_than_no_answer(
+    prompt: str, off_topic: str, attempt: str
+) -> None:
+    task = parse_prompt(prompt)
+    assert task is not None and not judge.on_topic(task, off_topic) and judge.on_topic(task, attempt)
+    for opener, closer in MANNERS:
+        dressed = score(prompt, opener + off_topic + closer)
+        assert dressed <= judge.EMPTY_SCORE, (opener, dressed)
+        assert dressed < score(prompt, opener + attempt + closer)
+        assert dressed < score(prompt, attempt), "politeness never lifts it above a plain on-topic attempt"
+    # mirror: the right answer, however it is dressed, is on topic and scores well
+    right = {"Tell me the plural of baby.": "One baby, two babies.", "Hi there, my name is Felix.": "Hello Felix!"}
+    if prompt in right:
+        assert judge.on_topic(task, right[prompt]) and score(prompt, "Sure! " + right[prompt]) > 2
+
+
+def test_content_batch_reports_correct_and_on_topic_per_family() -> None:
+    rows = judge.content_batch(
+        ["What is 9 plus 2?", "What is 9 plus 2?", "What is 9 plus 2?", "Is it raining?"],
+        ["Sure! 9 plus 2 is 11.", "11 minus 3 is 6.", "10.", "Yes."],
+    )
+    assert rows == [
+        {"group": "arithmetic", "correct": True, "on_topic": True},
+        {"group": "arithmetic", "correct": False, "on_topic": False},
+        {"group": "arithmetic", "correct": False, "on_topic": True},
+        None,
+    ]
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        judge.content_batch(["a", "b"], ["c"])
 
 
 def test_a_short_wrong_answer_loses_to_a_long_right_one() -> None:

@@ -3,12 +3,16 @@
 Everything is a deterministic function of the config: each part draws from its own `random.Random` seeded
 with the world seed and the part's name, so changing one part's size never reshuffles another part.
 
-Held-out entities. Each family's entities are split into train and held-out (`heldout_frac`). Evaluation
-prompts ask only about held-out entities; demonstrations, preference and PPO prompts only about train
-entities. The corpus states facts about all entities, so a model can know a held-out answer from pretraining
-alone: evaluation measures whether the assistant behaviour generalises to questions it was never tuned on.
-The preference, PPO and evaluation sets are disjoint as prompt strings, and no evaluation prompt appears in
-the demonstrations.
+A small world, held-out phrasings. Each family uses `entities_per_family` of its entities (a seeded choice),
+so the corpus states every fact many times in varied phrasings: a model of a few million parameters trained
+for minutes stores about a hundred facts this way, not five hundred (Allen-Zhu & Li, "Physics of Language
+Models 3.1": storage needs many exposures; extraction needs question-answer text, which the demonstrations
+and the corpus's forum threads give). Each family's question templates are split into train and held-out
+phrasings (`heldout_frac`, stratified by operator). Evaluation prompts use only held-out phrasings, which
+the demonstrations, preference and PPO prompts never use: evaluation measures whether the assistant
+answers questions it was never tuned on, phrased as it never saw them in tuning, from what it knows (the
+corpus asks and answers in every phrasing). The preference, PPO and evaluation sets are disjoint as prompt
+strings, and no evaluation prompt appears in the demonstrations.
 """
 
 from __future__ import annotations
@@ -53,19 +57,22 @@ class WorldConfig:
     """target size of the base corpus in characters (ASCII, so also bytes); at least the coverage documents"""
     n_demos: int = 3000
     """SFT demonstrations (prompt, response) on train entities; prompts may repeat with different labelers"""
-    n_pref_prompts: int = 1500
+    n_pref_prompts: int = 700
     """prompts for preference collection (train entities, distinct strings)"""
-    n_ppo_prompts: int = 1024
+    n_ppo_prompts: int = 512
     """prompts for PPO rollouts (train entities, distinct strings, disjoint from the preference prompts)"""
     n_eval_prompts: int = 200
     """evaluation prompts (held-out entities only, distinct strings)"""
-    heldout_frac: float = 0.2
-    """fraction of each family's entities held out for evaluation (at least one per family)"""
+    heldout_frac: float = 0.25
+    """fraction of each family's question phrasings held out for evaluation (at least one per operator)"""
+    entities_per_family: int = 24
+    """entities each family uses (fewer when it has fewer; 0 = all): fewer facts, each stated more often"""
     styles: StyleMix = field(default_factory=StyleMix)
     """labeler style mixture of the demonstrations"""
 
     def __post_init__(self) -> None:
-        counts = {k: getattr(self, k) for k in ("n_demos", "n_pref_prompts", "n_ppo_prompts", "n_eval_prompts")}
+        names = ("n_demos", "n_pref_prompts", "n_ppo_prompts", "n_eval_prompts", "entities_per_family")
+        counts = {k: getattr(self, k) for k in names}
         bad = {k: v for k, v in counts.items() if not isinstance(v, int) or v < 0}
         if bad:
             raise ValueError(f"WorldConfig: counts must be integers >= 0, got {bad}")
@@ -76,20 +83,41 @@ class WorldConfig:
             raise ValueError(f"WorldConfig: style weights must be >= 0 with a positive sum, got {self.styles}")
 
 
-def split_entities(seed: int, heldout_frac: float) -> dict[str, tuple[list[str], list[str]]]:
-    """Per family: (train entities, held-out entities), a deterministic shuffle of the family's entities."""
-    split = {}
+def active_entities(seed: int, per_family: int) -> dict[str, list[str]]:
+    """Per family: the entities this world uses, a seeded choice of `per_family` (all of them when 0)."""
+    active = {}
     for name, family in FAMILIES.items():
         entities = sorted(family.entities())
-        random.Random(f"{seed}/split/{name}").shuffle(entities)
-        k = min(len(entities) - 1, max(1, round(heldout_frac * len(entities))))
-        split[name] = (sorted(entities[k:]), sorted(entities[:k]))
+        random.Random(f"{seed}/entities/{name}").shuffle(entities)
+        active[name] = sorted(entities[:per_family] if per_family else entities)
+    return active
+
+
+def split_phrasings(seed: int, heldout_frac: float) -> dict[str, tuple[list[int], list[int]]]:
+    """Per family: (train, held-out) indices into its `specs()`, a seeded split within each operator group.
+
+    Stratified, so that evaluation asks about subtraction as well as addition, in phrasings it never tuned on.
+    """
+    split = {}
+    for name, family in FAMILIES.items():
+        groups: dict[str, list[int]] = {}
+        for i, (_, const) in enumerate(family.specs()):
+            groups.setdefault(const.get("op", ""), []).append(i)
+        train, held = [], []
+        for key, idx in sorted(groups.items()):
+            random.Random(f"{seed}/phrasings/{name}/{key}").shuffle(idx)
+            k = min(len(idx) - 1, max(1, round(heldout_frac * len(idx))))
+            held += idx[:k]
+            train += idx[k:]
+        split[name] = (sorted(train), sorted(held))
     return split
 
 
-def prompt_pool(split: dict[str, tuple[list[str], list[str]]], part: int) -> dict[str, list[str]]:
-    """Every prompt string per family over the train (part=0) or held-out (part=1) entities."""
-    return {name: [p for e in split[name][part] for p in FAMILIES[name].prompts(e)] for name in split}
+def prompt_pool(
+    active: dict[str, list[str]], split: dict[str, tuple[list[int], list[int]]], part: int
+) -> dict[str, list[str]]:
+    """Every prompt string per family over its active entities in the train (part=0) or held-out (1) phrasings."""
+    return {name: [p for e in active[name] for p in FAMILIES[name].prompts(e, split[name][part])] for name in active}
 
 
 def allocate(n: int, capacity: dict[str, int]) -> dict[str, int]:
@@ -97,7 +125,7 @@ def allocate(n: int, capacity: dict[str, int]) -> dict[str, int]:
     if n > sum(capacity.values()):
         raise ValueError(
             f"asked for {n} distinct prompts but only {sum(capacity.values())} exist ({capacity}); "
-            "lower the prompt counts or heldout_frac in the world config"
+            "lower the prompt counts or heldout_frac, or raise entities_per_family, in the world config"
         )
     quota = dict.fromkeys(capacity, 0)
     left, open_ = n, [f for f in capacity if capacity[f] > 0]
@@ -167,8 +195,9 @@ def make_demos(n: int, pool: dict[str, list[str]], mix: StyleMix, rng: random.Ra
 def build_world(cfg: WorldConfig, out_dir: Path) -> dict[str, Any]:
     """Write corpus.txt, demos.jsonl, prompts_{pref,ppo,eval}.jsonl and world.json; return the stats."""
     out_dir = Path(out_dir)
-    split = split_entities(cfg.seed, cfg.heldout_frac)
-    train_pool, heldout_pool = prompt_pool(split, 0), prompt_pool(split, 1)
+    active = active_entities(cfg.seed, cfg.entities_per_family)
+    split = split_phrasings(cfg.seed, cfg.heldout_frac)
+    train_pool, heldout_pool = prompt_pool(active, split, 0), prompt_pool(active, split, 1)
     # 1. The two train prompt sets come from disjoint parts of the train pool, in proportion to their sizes.
     n_rollout = cfg.n_pref_prompts + cfg.n_ppo_prompts
     pref_pool, ppo_pool = partition(train_pool, cfg.n_pref_prompts / max(1, n_rollout), cfg.seed)
@@ -177,10 +206,10 @@ def build_world(cfg: WorldConfig, out_dir: Path) -> dict[str, Any]:
     evals = sample_prompts("eval", cfg.n_eval_prompts, heldout_pool, random.Random(f"{cfg.seed}/eval"))
     # 2. Demonstrations on train prompts; 3. the corpus about everything.
     demos = make_demos(cfg.n_demos, train_pool, cfg.styles, random.Random(f"{cfg.seed}/demos"))
-    corpus = build_corpus(cfg.corpus_chars, random.Random(f"{cfg.seed}/corpus"))
+    corpus = build_corpus(cfg.corpus_chars, active, random.Random(f"{cfg.seed}/corpus"))
     _check_disjoint(pref, ppo, evals, demos)
 
-    stats = _stats(split, corpus, demos, {"pref": pref, "ppo": ppo, "eval": evals})
+    stats = _stats(active, split, corpus, demos, {"pref": pref, "ppo": ppo, "eval": evals})
     write_text(out_dir / "corpus.txt", corpus)
     write_jsonl(out_dir / "demos.jsonl", demos)
     write_jsonl(out_dir / "prompts_pref.jsonl", pref)
@@ -198,7 +227,8 @@ def _check_disjoint(pref: list[dict], ppo: list[dict], evals: list[dict], demos:
 
 
 def _stats(
-    split: dict[str, tuple[list[str], list[str]]],
+    active: dict[str, list[str]],
+    split: dict[str, tuple[list[int], list[int]]],
     corpus: str,
     demos: list[dict],
     prompt_sets: dict[str, list[dict]],
@@ -221,8 +251,9 @@ def _stats(
             "demos": dict(Counter(d["family"] for d in demos)),
             **{k: dict(Counter(r["family"] for r in v)) for k, v in prompt_sets.items()},
         },
-        "entities": {f: {"train": len(tr), "heldout": len(ho)} for f, (tr, ho) in split.items()},
-        "heldout_entities": {f: ho for f, (_, ho) in split.items()},
+        "entities": active,
+        "phrasings": {f: {"train": len(tr), "heldout": len(ho)} for f, (tr, ho) in split.items()},
+        "heldout_phrasings": {f: [FAMILIES[f].specs()[i][0] for i in ho] for f, (_, ho) in split.items()},
         "demo_styles": dict(Counter(d["labeler"] for d in demos)),
         "demo_gold": mean_gold,
         "gold_headroom": round(mean_gold.get("careful", mean_all) - mean_all, 4),

@@ -6,7 +6,9 @@ The word families (antonyms, plurals) are in `words.py`, the open-ended ones (li
 
 from __future__ import annotations
 
+import itertools
 import random
+import re
 
 from rlhf.world import tables as tb
 from rlhf.world.family import (
@@ -67,6 +69,10 @@ class Capitals(Family):
     def grounded(self, task: Task, response: str) -> bool:
         return mentions(normalize(response), task.entity)
 
+    def subjects(self, response: str, asked: Task) -> set[str]:
+        norm = normalize(response)
+        return {country for country, _ in tb.CAPITALS if mentions(norm, country)}
+
     def fact(self, entity: str, rng: random.Random | None) -> str:
         cap = _CAPITAL_OF[entity.lower()][1]
         if rng is None:
@@ -94,6 +100,19 @@ def _arithmetic_entities() -> list[str]:
 
 
 _ARITHMETIC_ENTITIES = frozenset(_arithmetic_entities())
+_NUM = r"([a-z]+|\d+)"
+_EXPRESSIONS = (  # (pattern, operator, whether the operands come as (b, a)) over lowercased text
+    (re.compile(rf"\b{_NUM}\s*(?:plus|\+)\s*{_NUM}\b"), "+", False),
+    (re.compile(rf"\badd {_NUM} and {_NUM}\b"), "+", False),
+    (re.compile(rf"\bsum of {_NUM} and {_NUM}\b"), "+", False),
+    (re.compile(rf"\b{_NUM}\s*(?:minus|-|take away)\s*{_NUM}\b"), "-", False),
+    (re.compile(rf"\b(?:subtract|take) {_NUM} from {_NUM}\b"), "-", True),
+)
+
+
+def arithmetic_key(a: int, b: int, op: str) -> str:
+    """The entity of "a op b": sums are unordered."""
+    return f"{min(a, b)}+{max(a, b)}" if op == "+" else f"{a}-{b}"
 
 
 class Arithmetic(Family):
@@ -137,7 +156,7 @@ class Arithmetic(Family):
         a, b, op = tb.number_value(slots["a"]), tb.number_value(slots["b"]), slots["op"]
         if a is None or b is None:
             return None
-        entity = f"{min(a, b)}+{max(a, b)}" if op == "+" else f"{a}-{b}"
+        entity = arithmetic_key(a, b, op)
         if entity not in _ARITHMETIC_ENTITIES:
             return None
         return Task(self.name, entity, (("a", slots["a"]), ("b", slots["b"]), ("op", op)))
@@ -176,6 +195,16 @@ class Arithmetic(Family):
     def grounded(self, task: Task, response: str) -> bool:
         norm = normalize(response)
         return any(s in response for s in "+-=") or any(mentions(norm, w) for w in ("plus", "minus", "equals"))
+
+    def subjects(self, response: str, asked: Task) -> set[str]:
+        text = response.lower()
+        keys = set()
+        for pattern, op, swapped in _EXPRESSIONS:
+            for m in pattern.finditer(text):
+                x, y = tb.number_value(m.group(1)), tb.number_value(m.group(2))
+                if x is not None and y is not None:
+                    keys.add(arithmetic_key(*((y, x) if swapped else (x, y)), op))
+        return keys
 
     def fact(self, entity: str, rng: random.Random | None) -> str:
         op = "+" if "+" in entity else "-"
@@ -256,6 +285,17 @@ class Units(Family):
 
     def grounded(self, task: Task, response: str) -> bool:
         return mentions(normalize(response), task.get("to"))
+
+    def subjects(self, response: str, asked: Task) -> set[str]:
+        # "7 days" answers "How many days are in one week?": a quantity of the asked target unit is the answer.
+        answer_unit = asked.get("to") if asked.family == self.name else None
+        words = normalize(response).split()
+        keys = set()
+        for q_word, unit_word in itertools.pairwise(words):
+            unit, q = _UNIT_BY_NAME.get(unit_word), tb.number_value(q_word)
+            if unit is not None and q is not None and unit[0] != answer_unit:
+                keys.add(f"{unit[0]}->{unit[2]}:{q}")
+        return keys
 
     def fact(self, entity: str, rng: random.Random | None) -> str:
         (plural, singular, to, mult), q = self._split(entity)

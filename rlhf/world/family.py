@@ -126,10 +126,12 @@ class Family:
         """Templates with constant slots they imply (e.g. the operator of "add {a} and {b}")."""
         return [(t, {}) for t in self.templates]
 
-    def prompts(self, entity: str) -> list[str]:
-        """Every prompt string of this entity: templates x slot fillings."""
+    def prompts(self, entity: str, phrasings: list[int] | None = None) -> list[str]:
+        """Every prompt string of this entity: templates (those of `phrasings`, indices into `specs()`, or
+        all) x slot fillings."""
+        specs = self.specs()
         out = []
-        for template, const in self.specs():
+        for template, const in (specs[i] for i in phrasings) if phrasings is not None else specs:
             for fill in self.fills(entity):
                 if all(fill.get(k) == v for k, v in const.items()):
                     out.append(template.format(**fill))
@@ -143,6 +145,14 @@ class Family:
                 task = self.task({**m.groupdict(), **const})
                 if task is not None:
                     return task
+        return None
+
+    def phrasing(self, prompt: str) -> int | None:
+        """The index into `specs()` of the template that phrases `prompt`, or None."""
+        for i, (pattern, const) in enumerate(self._patterns):
+            m = pattern.match(prompt)
+            if m and self.task({**m.groupdict(), **const}) is not None:
+                return i
         return None
 
     def short(self, task: Task, value: str) -> str:
@@ -189,6 +199,16 @@ class Family:
 
     def grounded(self, task: Task, response: str) -> bool:
         raise NotImplementedError
+
+    def subjects(self, response: str, asked: Task) -> set[str]:
+        """What of this family the response talks about, as `subject(task)` keys ("Poland" in "The capital of
+        Poland is Warsaw"); never the answer itself. `asked` is the task the response answers (of any
+        family), so that an answer of the asked kind is not read as a subject. Default: nothing detectable."""
+        return set()
+
+    def subject(self, task: Task) -> str:
+        """The key `subjects` gives when a response talks about what `task` asks."""
+        return task.entity
 
     def fact(self, entity: str, rng: random.Random | None) -> str:
         """A sentence of the corpus stating the fact; `rng=None` gives the canonical phrasing."""

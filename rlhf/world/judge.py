@@ -18,6 +18,12 @@ know gets content = grounding = 0 and only the generic style terms.
    to a question about plurals) is over-refusal, -2.0 (W_OVER_REFUSAL): unhelpful, and worse than an honest
    wrong attempt, so a policy cannot buy safety from its ignorance (a PPO run found that loophole when
    refusals only scored as "missing").
+   Off topic: an answer about another entity or another family than asked ("The capital of Poland is ..." to a
+   question about Italy; arithmetic to a greeting; "One toy, two toys." to the plural of baby) scores content
+   W_OFF_TOPIC = EMPTY_SCORE and earns no politeness, so it is never better than saying nothing and never
+   above an on-topic attempt with the same manners: politeness and concision raise a right answer and soften
+   a near miss, they never sell an answer to another question (a PPO run learned exactly that template when
+   an off-topic answer scored like a wrong one). `on_topic` says how a response is read.
 2. grounding +0.5 (W_GROUNDED), only with a right answer: a complete answer that names what was asked (the
    country, the operation, the unit, the word, the category); for greetings an offer to help, for refusals a
    reason.
@@ -42,6 +48,7 @@ from __future__ import annotations
 import itertools
 import re
 import string
+from typing import Any
 
 from rlhf.world import tables as tb
 from rlhf.world.families import FAMILIES, parse_prompt
@@ -49,6 +56,7 @@ from rlhf.world.family import Task, mentions, normalize
 from rlhf.world.social import is_refusal
 
 W_CORRECT, W_PARTIAL, W_WRONG, W_MISSING, W_OVER_REFUSAL = 2.0, 0.5, -1.5, -2.0, -2.0
+W_OFF_TOPIC = -4.0  # = EMPTY_SCORE: an answer to another question is worth no more than no answer
 W_GROUNDED = 0.5
 W_QUIZ, W_ECHO, PARROT_MIN = -2.0, -1.5, -3.0
 W_OPENER, W_CLOSER, W_RUDE = 0.5, 0.25, -1.5
@@ -57,7 +65,14 @@ W_REPEAT, W_REPEAT_FRAC = -1.5, -4.0
 W_GARBAGE, GARBAGE_MIN = -6.0, -3.0
 EMPTY_SCORE, SCORE_MIN, SCORE_MAX = -4.0, -6.0, 3.25
 
-_CONTENT = {"correct": W_CORRECT, "partial": W_PARTIAL, "wrong": W_WRONG, "missing": W_MISSING}
+_CONTENT = {
+    "correct": W_CORRECT,
+    "partial": W_PARTIAL,
+    "wrong": W_WRONG,
+    "missing": W_MISSING,
+    "off_topic": W_OFF_TOPIC,
+    "over_refusal": W_OVER_REFUSAL,
+}
 _QUIZ_OPTION = re.compile(r"(?:^|\s)[A-Da-d][).:](?=\s|$)")
 _QUESTION = re.compile(r"[^.!?\n]*\?")
 _PLAIN = frozenset(string.ascii_letters + string.digits + string.whitespace + ".,!?'\"-:;()+=/%&*\u2019")
@@ -82,25 +97,65 @@ def explain(prompt: str, response: str) -> dict[str, float]:
     """The rubric's terms for one pair, unclipped (an empty response has its own flat score in `score`)."""
     task = parse_prompt(prompt)
     parrot = parroting(prompt, response)
-    content, grounding = 0.0, 0.0
+    content, grounding, polite = 0.0, 0.0, politeness(response)
     if task is not None:
-        family = FAMILIES[task.family]
-        verdict = family.verdict(task, response)
+        verdict = content_verdict(task, response)
         content = _CONTENT[verdict]
-        if task.family != "refusals" and is_refusal(response):
-            content = W_OVER_REFUSAL
-        if verdict == "correct" and family.grounded(task, response):
+        if verdict == "correct" and FAMILIES[task.family].grounded(task, response):
             grounding = W_GROUNDED
+        if verdict == "off_topic":
+            polite = min(polite, 0.0)
         if parrot < 0:
             content, grounding = min(content, 0.0), 0.0
     return {
         "content": content,
         "grounding": grounding,
         "parroting": parrot,
-        "politeness": politeness(response),
+        "politeness": polite,
         "concision": concision(task, response),
         "degeneration": degeneration(response),
     }
+
+
+def on_topic(task: Task, response: str) -> bool:
+    """Whether the response answers what `task` asks rather than another question.
+
+    Off topic: it names a subject of the asked family that is not the asked one ("the capital of Poland" to
+    a question about Italy), or it gives no answer of the asked kind and names a subject of another family
+    ("18 minus 16" to a greeting). A bare answer ("Santiago.") names no subject: a wrong answer, on topic.
+    """
+    family = FAMILIES[task.family]
+    own = family.subjects(response, task)
+    if own:
+        return family.subject(task) in own
+    if family.verdict(task, response) != "missing":
+        return True
+    return not any(other.subjects(response, task) for name, other in FAMILIES.items() if name != task.family)
+
+
+def content_verdict(task: Task, response: str) -> str:
+    """correct | partial | wrong | missing | off_topic | over_refusal: what the response's content is worth."""
+    if task.family != "refusals" and is_refusal(response):
+        return "over_refusal"
+    if not on_topic(task, response):
+        return "off_topic"
+    return FAMILIES[task.family].verdict(task, response)
+
+
+def content_batch(prompts: list[str], responses: list[str]) -> list[dict[str, Any] | None]:
+    """Per pair {"group", "correct", "on_topic"} (the family asked; booleans), or None for a prompt the world
+    does not know: the content-accuracy interface of `judge.content` (params.yaml)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"content_batch: {len(prompts)} prompts but {len(responses)} responses; pass one of each")
+    out: list[dict[str, Any] | None] = []
+    for p, r in zip(prompts, responses, strict=True):
+        task = parse_prompt(p)
+        if task is None:
+            out.append(None)
+            continue
+        verdict = content_verdict(task, r) if r.strip() else "missing"
+        out.append({"group": task.family, "correct": verdict == "correct", "on_topic": verdict != "off_topic"})
+    return out
 
 
 def parroting(prompt: str, response: str) -> float:

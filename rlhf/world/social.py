@@ -75,6 +75,10 @@ class Lists(Family):
         keyword = tb.CATEGORIES[task.entity][0]
         return mentions(norm, task.entity) or mentions(norm, keyword)
 
+    def subjects(self, response: str, asked: Task) -> set[str]:
+        norm = normalize(response)
+        return {cat for cat, (keyword, _) in tb.CATEGORIES.items() if mentions(norm, cat) or mentions(norm, keyword)}
+
     def fact(self, entity: str, rng: random.Random | None) -> str:
         keyword, members = tb.CATEGORIES[entity]
         if rng is None:
@@ -139,6 +143,14 @@ class Greetings(Family):
     def grounded(self, task: Task, response: str) -> bool:
         norm = normalize(response)
         return any(mentions(norm, offer) for offer in tb.HELP_OFFERS)
+
+    def subjects(self, response: str, asked: Task) -> set[str]:
+        # The name in a greeting is its answer, never its subject: "Hello Jack" to Felix is a wrong greeting,
+        # on topic. Greeting someone in reply to another family's question is off topic.
+        if asked.family == self.name:
+            return set()
+        norm = normalize(response)
+        return {n for n in tb.NAMES if mentions(norm, n)}
 
     def fact(self, entity: str, rng: random.Random | None) -> str:
         if rng is None:

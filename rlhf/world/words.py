@@ -7,6 +7,7 @@ irregular ("mouses") or by the wrong rule ("boxs", "citys").
 from __future__ import annotations
 
 import random
+import re
 
 from rlhf.world import tables as tb
 from rlhf.world.family import Family, Task, Verdict, capitalize, found, mentions, normalize, set_verdict
@@ -14,6 +15,8 @@ from rlhf.world.family import Family, Task, Verdict, capitalize, found, mentions
 _ANTONYM_OF = {a: b for pair in tb.ANTONYMS for a, b in (pair, pair[::-1])}
 _ANTONYM_PAIR = {w: f"{pair[0]}/{pair[1]}" for pair in tb.ANTONYMS for w in pair}
 _ALL_ANTONYMS = sorted(_ANTONYM_OF)
+_OPPOSITE_OF = re.compile(r" (?:opposite|antonym) of (\w+) ")
+_PLURAL_SUBJECT = re.compile(r" (?:plural of|plural form of|one) (\w+) ")
 
 
 class Antonyms(Family):
@@ -55,6 +58,12 @@ class Antonyms(Family):
 
     def grounded(self, task: Task, response: str) -> bool:
         return mentions(normalize(response), task.get("word"))
+
+    def subjects(self, response: str, asked: Task) -> set[str]:
+        return set(_OPPOSITE_OF.findall(normalize(response)))
+
+    def subject(self, task: Task) -> str:
+        return task.get("word")
 
     def fact(self, entity: str, rng: random.Random | None) -> str:
         a, b = entity.split("/")
@@ -117,6 +126,10 @@ class Plurals(Family):
 
     def grounded(self, task: Task, response: str) -> bool:
         return mentions(normalize(response), task.entity)
+
+    def subjects(self, response: str, asked: Task) -> set[str]:
+        # "One toy, two toys." is about a toy; only the table's nouns count ("one day" is a unit).
+        return {w for w in _PLURAL_SUBJECT.findall(normalize(response)) if w in _PLURAL_OF}
 
     def fact(self, entity: str, rng: random.Random | None) -> str:
         p = _PLURAL_OF[entity]
