@@ -166,13 +166,13 @@ def evaluate_dpo(
 # --- training ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DPOConfig:
-    steps: int = 200
+    steps: int
     """optimizer steps at most (early stopping may end sooner)"""
     batch_size: int = 32
     """pairs per step"""
-    lr: float = 1e-5
+    lr: float
     """peak learning rate"""
     warmup_steps: int = 10
     """linear warmup, then cosine decay to 0"""
@@ -186,11 +186,11 @@ class DPOConfig:
     """assumed share of flipped labels (conservative DPO); sigmoid loss only"""
     loss_type: str = "sigmoid"
     """sigmoid (DPO) | ipo"""
-    eval_every: int = 50
+    eval_every: int
     """steps between held-out evaluations"""
-    patience: int = 3
+    patience: int
     """stop after this many evaluations without a better held-out loss; the best weights are kept"""
-    checkpoint_every: int = 50
+    checkpoint_every: int
     """steps between resumable training states (0: never)"""
     seed: int = 0
     """batch order"""
@@ -246,7 +246,13 @@ def train_dpo(
     ref_train[visited], ref_val = (
         reference_logps(reference, p, i, pad_id, average, runtime=runtime, progress="dpo reference") for p, i in every
     )
-    schedule = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=0.0)
+    schedule = TrainConfig(
+        steps=cfg.steps,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        checkpoint_every=cfg.checkpoint_every,
+        min_lr_ratio=0.0,
+    )
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     run = _RunState(best={"loss": math.inf}, best_state=copy.deepcopy(model.state_dict()))
     fp = fingerprint(cfg, inputs)

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from rlhf.model import GPT, KVCache
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
-    max_new_tokens: int = 48
+    max_new_tokens: int
     """longest response, in tokens"""
     temperature: float = 1.0
     """logits are divided by it; 0 means greedy"""

@@ -19,7 +19,8 @@ Judge = Callable[[list[str], list[str]], list[float]]
 
 
 def load_judge(spec: str) -> Judge:
-    """ "module:function" -> the function, checked to be callable."""
+    """ "module:function" -> the function, checked to be callable, whose every answer is checked to be one
+    finite float per pair (`check_scores`)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"judge '{spec}': expected an import path 'package.module:function'")
@@ -30,7 +31,12 @@ def load_judge(spec: str) -> Judge:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"judge '{spec}': '{module_name}' has no callable '{attr}'")
-    return fn
+
+    def checked(prompts: list[str], responses: list[str]) -> list[float]:
+        # a user's judge is checked on every answer, here once, so no caller checks again
+        return check_scores(spec, fn(prompts, responses), len(prompts))
+
+    return checked
 
 
 def check_scores(spec: str, scores: list[float], n: int) -> list[float]:

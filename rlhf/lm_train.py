@@ -33,17 +33,17 @@ from rlhf.progress import Progress
 LogFn = Callable[[dict[str, float], int], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    steps: int = 1000
+    steps: int
     """optimizer steps"""
     batch_size: int = 32
     """sequences per step"""
-    lr: float = 1e-3
+    lr: float
     """peak learning rate"""
     min_lr_ratio: float = 0.1
     """the cosine decays to lr * min_lr_ratio"""
-    warmup_steps: int = 50
+    warmup_steps: int
     """linear warmup from 0 to lr"""
     weight_decay: float = 0.1
     """AdamW decay, applied to matrices only (not biases, LayerNorms)"""
@@ -51,7 +51,7 @@ class TrainConfig:
     """max global gradient norm (0: off)"""
     eval_every: int = 100
     """steps between held-out evaluations"""
-    checkpoint_every: int = 200
+    checkpoint_every: int
     """steps between resumable training states (0: never)"""
     seed: int = 0
     """seeds initialisation and batch order"""

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GPTConfig:
     vocab_size: int = 2048
     """tokens in the vocabulary (the tokenizer's size)"""
@@ -31,9 +31,9 @@ class GPTConfig:
     """longest sequence the model reads (prompt + response)"""
     n_layer: int = 4
     """transformer blocks"""
-    n_head: int = 4
+    n_head: int
     """attention heads per block"""
-    n_embd: int = 128
+    n_embd: int
     """residual stream width"""
     dropout: float = 0.0
     """dropout in training; RLHF stages run with 0 (dropout breaks ratio == 1 at PPO's first step)"""

@@ -34,13 +34,13 @@ from rlhf.tokenizer import ChatTokenizer
 LogFn = Callable[[dict[str, float], int], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RMConfig:
     epochs: int = 2
     """passes over the training pairs (early stopping may end sooner)"""
     batch_size: int = 32
     """pairs per step"""
-    lr: float = 3e-4
+    lr: float
     """peak learning rate"""
     warmup_steps: int = 20
     """linear warmup"""
@@ -48,9 +48,9 @@ class RMConfig:
     """AdamW decay on matrices"""
     grad_clip: float = 1.0
     """max gradient norm"""
-    eval_every: int = 50
+    eval_every: int
     """steps between held-out evaluations"""
-    patience: int = 4
+    patience: int
     """stop after this many evaluations without a better held-out loss; the best weights are kept"""
     seed: int = 0
     """batch order"""
@@ -178,7 +178,7 @@ def train_reward_model(
     net = distributed.wrap(model)
     per_epoch = max(1, len(train) // cfg.batch_size)
     steps = per_epoch * cfg.epochs
-    schedule = _Schedule(steps=steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=0.0)
+    schedule = _Schedule(steps=steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, checkpoint_every=0, min_lr_ratio=0.0)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     best = {"loss": math.inf}

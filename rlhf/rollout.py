@@ -8,7 +8,6 @@ P - 1 + t: the hidden state that predicts token t (TRL and lm-human-preferences 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -17,8 +16,6 @@ from rlhf.generate import SamplingConfig, generate
 from rlhf.model import GPT, ScalarHeadModel, has_left_pad
 from rlhf.ppo import entropy_from_logits, logprobs_from_logits
 from rlhf.tokenizer import ChatTokenizer
-
-RewardFn = Callable[["Rollout"], torch.Tensor]
 
 
 @dataclass

@@ -11,6 +11,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -98,6 +99,8 @@ RANGES: dict[str, Range] = {
     **dict.fromkeys(["gamma", "lam", "min_lr_ratio"], SHARE),
     **dict.fromkeys(["heldout_frac", "val_frac", "dropout"], FRACTION),
     "labeler_length_bias": FINITE,
+    "beta": POSITIVE,
+    "label_smoothing": Range(0, 0.5, hi_open=True),
 }
 
 
@@ -119,6 +122,10 @@ def build_dataclass(cls: type[T], raw: dict[str, Any], where: str) -> T:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ParamError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    required = [n for n, f in fields.items() if f.default is MISSING and f.default_factory is MISSING]
+    missing = sorted(set(required) - set(raw))
+    if missing:
+        raise ParamError(f"{where}: missing key(s) {missing} (params.yaml holds their values; no default stands in)")
     hints = typing.get_type_hints(cls)
     kwargs = {key: _checked(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
     for key, value in kwargs.items():
@@ -184,10 +191,12 @@ def resume_inputs(params: dict[str, Any], files: list[str]) -> dict[str, Any]:
     return {"params": params, "sha256": {f: file_hash(path(f)) for f in files}}
 
 
-def cli(description: str) -> argparse.Namespace:
-    """The common command line of a stage: `python -m tasks.<stage> [--params FILE]`."""
-    parser = argparse.ArgumentParser(description=description)
+def cli(description: str, add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The common command line of a stage: `python -m tasks.<stage> [--params FILE]`, and its own options."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=None, help="params file (default: params.yaml)")
+    if add_args is not None:
+        add_args(parser)
     args = parser.parse_args()
     if args.params is not None:
         os.environ["RLHF_PARAMS"] = str(args.params.resolve())

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from rlhf.data import DataError, control_rule, read_demos, read_prompts, read_table, read_text
 from rlhf.io import write_jsonl, write_text
-from tasks.common import cli, load_params, path, section, stage_main
+from tasks.common import build_dataclass, params_path, path
+from tasks.stage import Params, entry, lifecycle
 
 OUT = "data/prepared"
 WORLD = {
@@ -81,10 +82,23 @@ def run(cfg: DataParams) -> dict:
     return {"documents": len(docs), "demos": len(demos), **{n: len(df) for n, df in prompts.items()}}
 
 
-@stage_main
-def main() -> None:
-    cli(__doc__)
-    print(run(section(load_params(), "data", DataParams)))
+KEYS = ("corpus", "demos", "prompts_pref", "prompts_ppo", "prompts_eval")
+"""the keys of `data` this stage reads (the preference keys are the preferences stage's)"""
+
+
+def configure(p: Params) -> DataParams:
+    values = {k: p.value(f"data.{k}") for k in KEYS}
+    return build_dataclass(DataParams, {k: v for k, v in values.items()}, f"{params_path()}:data")
+
+
+def main_run(params: dict) -> dict:
+    p = Params(params)
+    cfg = configure(p)
+    with lifecycle("prepare", p, None):
+        return run(cfg)
+
+
+main = entry("tasks.prepare", __doc__, main_run, ddp=False)
 
 
 if __name__ == "__main__":

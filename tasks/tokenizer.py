@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from rlhf.io import atomic_dir
 from rlhf.tokenizer import train_tokenizer
-from tasks.common import cli, load_params, path, section, stage_main
+from tasks.common import path
+from tasks.stage import Params, entry, lifecycle
 
 OUT = "data/tokenizer"
 
@@ -45,11 +46,18 @@ def run(cfg: TokenizerParams, hf_path: str | None = None) -> dict:
     return {"vocab_size": tok.vocab_size}
 
 
-@stage_main
-def main() -> None:
-    cli(__doc__)
-    params = load_params()
-    print(run(section(params, "tokenizer", TokenizerParams), params.get("model", {}).get("hf_path")))
+def configure(p: Params) -> tuple[TokenizerParams, str | None]:
+    return p.section("tokenizer", TokenizerParams), p.value("model.hf_path")
+
+
+def main_run(params: dict) -> dict:
+    p = Params(params)
+    cfg, hf_path = configure(p)
+    with lifecycle("tokenizer", p, None):
+        return run(cfg, hf_path)
+
+
+main = entry("tasks.tokenizer", __doc__, main_run, ddp=False)
 
 
 if __name__ == "__main__":

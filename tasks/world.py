@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from rlhf.world import WorldConfig, build_world
-from tasks.common import cli, load_params, path, section, stage_main, write_metrics
+from tasks.common import path, write_metrics
+from tasks.stage import Params, entry, lifecycle
 
 OUT_DIR = "data/world"
 
@@ -29,12 +30,18 @@ def run(cfg: WorldConfig) -> dict[str, Any]:
     return metrics
 
 
-@stage_main
-def main() -> None:
-    cli("Build the synthetic assistant world (corpus, demonstrations, prompt sets).")
-    cfg = section(load_params(), "world", WorldConfig)
-    metrics = run(cfg)
-    print(" ".join(f"{k}={v}" for k, v in metrics.items()))
+def configure(p: Params) -> WorldConfig:
+    return p.section("world", WorldConfig)
+
+
+def main_run(params: dict) -> dict[str, Any]:
+    p = Params(params)
+    cfg = configure(p)
+    with lifecycle("world", p, None):
+        return run(cfg)
+
+
+main = entry("tasks.world", __doc__, main_run, ddp=False)
 
 
 if __name__ == "__main__":
