@@ -16,11 +16,14 @@ follow the mask, so a left-padded prompt gives each row the same result as runni
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from rlhf.backends import CausalLM, ScalarModel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,6 +222,30 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def scalar_head(self, head_std: float | None = None) -> ScalarHeadModel:
+        """Brain surgery: a copy of this body with a fresh scalar head."""
+        model = ScalarHeadModel(self.cfg, head_std)
+        model.transformer.load_state_dict(self.transformer.state_dict())
+        return model
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        """config.json of a checkpoint of this model (rlhf.checkpoint)."""
+        return {"arch": "gpt", "model": asdict(self.cfg)}
+
+
+def scalar_head(n_embd: int, head_std: float | None = None) -> nn.Linear:
+    """A fresh Linear(C, 1) head (init_scalar_head)."""
+    head = nn.Linear(n_embd, 1)
+    init_scalar_head(head, head_std)
+    return head
+
+
+def init_scalar_head(head: nn.Linear, head_std: float | None = None) -> None:
+    """Reward head N(0, 1/sqrt(C+1)) as in lm-human-preferences, zero bias; a critic passes 0 for a zero head."""
+    std = 1 / math.sqrt(head.in_features + 1) if head_std is None else head_std
+    nn.init.normal_(head.weight, std=std) if std > 0 else nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+
 
 class ScalarHeadModel(nn.Module):
     """Body + Linear(C, 1): the reward model and the critic (the spec's "brain surgery")."""
@@ -229,19 +256,18 @@ class ScalarHeadModel(nn.Module):
         self.transformer = Transformer(cfg)
         self.head = nn.Linear(cfg.n_embd, 1)
         _init_weights(self, cfg.n_layer)
-        # Reward head N(0, 1/sqrt(C+1)) as in lm-human-preferences; a critic passes 0 for a zero head.
-        std = 1 / math.sqrt(cfg.n_embd + 1) if head_std is None else head_std
-        nn.init.normal_(self.head.weight, std=std) if std > 0 else nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        init_scalar_head(self.head, head_std)
 
-    @classmethod
-    def from_lm(cls, lm: GPT, head_std: float | None = None) -> ScalarHeadModel:
-        """Brain surgery: keep the LM's body, drop its LM head, add a fresh scalar head."""
-        if hasattr(lm, "scalar_head"):  # a Hugging Face LM (rlhf.hf) does its own surgery
-            return lm.scalar_head(head_std)
-        model = cls(lm.cfg, head_std)
-        model.transformer.load_state_dict(lm.transformer.state_dict())
-        return model
+    @staticmethod
+    def from_lm(lm: CausalLM, head_std: float | None = None) -> ScalarModel:
+        """Brain surgery: keep the LM's body, drop its LM head, add a fresh scalar head (each backend's own)."""
+        return lm.scalar_head(head_std)
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {"arch": "scalar", "model": asdict(self.cfg)}
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
 
     def forward(
         self,

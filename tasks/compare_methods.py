@@ -19,9 +19,9 @@ import torch
 
 from rlhf.io import write_json, write_text
 from tasks import evaluate
-from tasks.common import path
+from tasks.common import Params, path
 from tasks.plots import plot_methods
-from tasks.stage import Params, entry, lifecycle
+from tasks.stage import entry, lifecycle
 
 OUT = "reports/compare"
 WIN = ("win_rate", "ci_low", "ci_high", "n")

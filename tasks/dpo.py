@@ -19,9 +19,8 @@ from rlhf.checkpoint import fingerprint, load_model, resumable_meta, save_model
 from rlhf.dpo import DPOConfig, train_dpo
 from rlhf.reward import encode_frame, split
 from rlhf.tokenizer import ChatTokenizer
-from tasks.common import ParamError, path, resume_inputs, write_metrics
-from tasks.launch import RuntimeParams
-from tasks.stage import Params, entry, lifecycle
+from tasks.common import ParamError, Params, RuntimeParams, path, resume_inputs, write_metrics
+from tasks.stage import entry, lifecycle
 
 SFT = "models/sft"
 PAIRS = "data/preferences/pairs.parquet"

@@ -24,12 +24,11 @@ from rlhf.generate import SamplingConfig
 from rlhf.io import write_json, write_jsonl
 from rlhf.judges import Judge, RewardModelJudge
 from rlhf.tokenizer import ChatTokenizer
-from tasks.common import path
+from tasks.common import Params, RuntimeParams, path
 from tasks.judge import gold_judge
-from tasks.launch import RuntimeParams
 from tasks.plots import plot_overoptimization, write_csv
 from tasks.report import write_report
-from tasks.stage import Context, Params, entry, lifecycle
+from tasks.stage import Context, entry, lifecycle
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,8 +6,7 @@ Apart from tasks/stage.py so that a stage which judges nothing does not depend o
 from __future__ import annotations
 
 from rlhf.judges import Judge, load_judge
-from tasks.common import ParamError, params_path
-from tasks.stage import Params
+from tasks.common import ParamError, Params, params_path
 
 
 def gold_judge(p: Params) -> Judge | None:

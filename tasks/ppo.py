@@ -36,11 +36,10 @@ from rlhf.ppo_trainer import PPOConfig, PPOState, ScoreFn, check_batch_sizes, ma
 from rlhf.rollout import reward_model_scores
 from rlhf.tokenizer import ChatTokenizer
 from tasks import tracking
-from tasks.common import ParamError, path, resume_inputs, write_metrics
+from tasks.common import ParamError, Params, RuntimeParams, path, resume_inputs, write_metrics
 from tasks.judge import gold_judge
-from tasks.launch import RuntimeParams
 from tasks.plots import plot_curves, write_csv
-from tasks.stage import Params, entry, lifecycle
+from tasks.stage import entry, lifecycle
 
 STATE = "state/ppo"
 

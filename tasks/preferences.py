@@ -22,9 +22,8 @@ from rlhf.device import CPU, Runtime
 from rlhf.generate import SamplingConfig, generate_text
 from rlhf.io import atomic_path
 from rlhf.tokenizer import ChatTokenizer
-from tasks.common import ParamError, path, write_metrics
-from tasks.launch import RuntimeParams
-from tasks.stage import Params, entry, lifecycle
+from tasks.common import ParamError, Params, RuntimeParams, path, write_metrics
+from tasks.stage import entry, lifecycle
 
 OUT = "data/preferences/pairs.parquet"
 FEEDBACK = "data/feedback"

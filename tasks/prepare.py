@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from rlhf.data import DataError, control_rule, read_demos, read_prompts, read_table, read_text
 from rlhf.io import write_jsonl, write_text
-from tasks.common import build_dataclass, params_path, path
-from tasks.stage import Params, entry, lifecycle
+from tasks import tracking
+from tasks.common import Params, build_dataclass, entry, params_path, path
 
 OUT = "data/prepared"
 WORLD = {
@@ -94,11 +94,11 @@ def configure(p: Params) -> DataParams:
 def main_run(params: dict) -> dict:
     p = Params(params)
     cfg = configure(p)
-    with lifecycle("prepare", p, None):
+    with tracking.stage_run("prepare", p.logged()):  # no model runs here: no runtime to open
         return run(cfg)
 
 
-main = entry("tasks.prepare", __doc__, main_run, ddp=False)
+main = entry(__doc__, main_run)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,8 @@ from rlhf.lm_data import WindowSampler, encode_documents, fixed_batches
 from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.model import GPT, GPTConfig
 from rlhf.tokenizer import ChatTokenizer
-from tasks.common import build_dataclass, path, resume_inputs, write_metrics
-from tasks.launch import RuntimeParams
-from tasks.stage import Params, entry, lifecycle
+from tasks.common import Params, RuntimeParams, build_dataclass, path, resume_inputs, write_metrics
+from tasks.stage import entry, lifecycle
 
 TOKENIZER = "data/tokenizer/tokenizer.json"
 STATE = "state/pretrain"  # checkpoint/ (training state) and the MLflow run to continue

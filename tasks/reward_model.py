@@ -27,11 +27,10 @@ from rlhf.reward import Pairs, RMConfig, encode_frame, margins, split, train_rew
 from rlhf.rollout import Rollout, reward_model_scores, sample_rollout
 from rlhf.stats import calibration_table, pairwise_accuracy, spearman
 from rlhf.tokenizer import ChatTokenizer
-from tasks.common import path, write_metrics
+from tasks.common import Params, RuntimeParams, path, write_metrics
 from tasks.judge import gold_judge
-from tasks.launch import RuntimeParams
 from tasks.plots import plot_calibration, write_csv
-from tasks.stage import Params, entry, lifecycle
+from tasks.stage import entry, lifecycle
 
 PAIRS = "data/preferences/pairs.parquet"
 

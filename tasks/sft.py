@@ -23,10 +23,9 @@ from rlhf.judges import Judge
 from rlhf.lm_data import EpochSampler, sft_example
 from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.tokenizer import ChatTokenizer
-from tasks.common import path, resume_inputs, write_metrics
+from tasks.common import Params, RuntimeParams, path, resume_inputs, write_metrics
 from tasks.judge import gold_judge
-from tasks.launch import RuntimeParams
-from tasks.stage import Params, entry, lifecycle
+from tasks.stage import entry, lifecycle
 
 TOKENIZER = "data/tokenizer/tokenizer.json"
 DEMOS = "data/prepared/demos.jsonl"

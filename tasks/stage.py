@@ -19,70 +19,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 from rlhf import distributed
 from rlhf.device import Runtime, peak_memory_mb, reset_peak_memory, resolve
 from tasks import tracking
-from tasks.common import ParamError, build_dataclass, cli, load_params, params_path, stage_main
-from tasks.launch import RuntimeParams, torchrun_command
-
-T = TypeVar("T")
-_ABSENT = object()
-
-
-class Params:
-    """params.yaml as a stage reads it: each section or dotted key it asks for is checked and remembered."""
-
-    def __init__(self, raw: dict[str, Any]):
-        self.raw = raw
-        self.read: list[str] = []
-
-    def section(self, name: str, cls: type[T]) -> T:
-        """The section `name` as the dataclass `cls` (unknown or missing keys and bad values are ParamErrors)."""
-        self._note(name)
-        raw = self.raw.get(name)
-        if raw is None:
-            raise ParamError(f"{params_path()}: no section '{name}'")
-        return build_dataclass(cls, raw, where=f"{params_path()}:{name}")
-
-    def value(self, dotted: str) -> Any:
-        """The value at `section.key` (a ParamError naming it when absent)."""
-        self._note(dotted)
-        node: Any = self.raw
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise ParamError(f"{params_path()}: no key '{dotted}'")
-            node = node[part]
-        return node
-
-    def runtime(self) -> RuntimeParams:
-        """The `runtime` section: device, precision, processes per node (its defaults, which are params.yaml's,
-        for a params file written before the section existed)."""
-        self._note("runtime")
-        return build_dataclass(RuntimeParams, self.raw.get("runtime") or {}, f"{params_path()}:runtime")
-
-    def logged(self) -> dict[str, Any]:
-        """What the stage read, as its MLflow params: {"sft": {...}, "judge.gold": "..."}."""
-        out: dict[str, Any] = {}
-        for key in self.read:
-            node: Any = self.raw
-            for part in key.split("."):
-                node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
-            if node is not _ABSENT:  # an absent optional section (runtime) is logged by nothing
-                out[key] = node
-        return out
-
-    def _note(self, key: str) -> None:
-        if key not in self.read:
-            self.read.append(key)
+from tasks.common import Params, RuntimeParams
+from tasks.common import entry as plain_entry
 
 
 @dataclasses.dataclass
@@ -136,6 +84,25 @@ def lifecycle(
         shutil.rmtree(state_dir, ignore_errors=True)  # finished: nothing left to resume
 
 
+def torchrun_command(module: str, nproc_per_node: int, args: list[str]) -> list[str]:
+    """One node, N processes; --standalone picks a free rendezvous port on localhost."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}"]
+    return [*torchrun, "-m", module, *args]
+
+
+def relaunch_if_asked(module: str, params: dict) -> None:
+    """Under runtime.nproc_per_node > 1 and not yet under torchrun: run this stage under torchrun with the same
+    arguments and exit with its status (`dvc repro` and the flows need nothing else). A stage already under
+    torchrun never relaunches (several nodes: start torchrun on each yourself, docs/distributed.md)."""
+    if distributed.launched():
+        return
+    n = Params(params).runtime().nproc_per_node
+    if n > 1:
+        cmd = torchrun_command(module, n, sys.argv[1:])
+        print(f"[{module}] runtime.nproc_per_node={n}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        sys.exit(subprocess.call(cmd))
+
+
 def entry(
     module: str,
     description: str,
@@ -144,22 +111,7 @@ def entry(
     ddp: bool = True,
     add_args: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> Callable[[], None]:
-    """A stage's `main`: `python -m tasks.<stage> [--params FILE]` (and the options `add_args` declares, passed
-    to `run` by name); a user's error is one line on stderr, exit 2. A training stage (`ddp`) with
-    runtime.nproc_per_node > 1 relaunches itself under torchrun."""
-
-    @stage_main
-    def main() -> None:
-        extra = {k: v for k, v in vars(cli(description, add_args)).items() if k != "params"}
-        params = load_params()
-        if ddp and not distributed.launched():
-            n = Params(params).runtime().nproc_per_node if "runtime" in params else 1
-            if n > 1:
-                cmd = torchrun_command(module, n, sys.argv[1:])
-                print(f"[{module}] runtime.nproc_per_node={n}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-                sys.exit(subprocess.call(cmd))
-        metrics = run(params, **extra)
-        if os.environ.get("RANK", "0") == "0":  # the process group is gone by now: torchrun's RANK says who we were
-            print(metrics, flush=True)
-
-    return main
+    """The `main` of a stage that runs a model (tasks.common.entry, the command line); a training stage (`ddp`)
+    with runtime.nproc_per_node > 1 relaunches itself under torchrun first."""
+    before = (lambda params: relaunch_if_asked(module, params)) if ddp else None
+    return plain_entry(description, run, add_args=add_args, before=before)

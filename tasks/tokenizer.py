@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from rlhf.io import atomic_dir
 from rlhf.tokenizer import train_tokenizer
-from tasks.common import path
-from tasks.stage import Params, entry, lifecycle
+from tasks import tracking
+from tasks.common import Params, entry, path
 
 OUT = "data/tokenizer"
 
@@ -53,11 +53,11 @@ def configure(p: Params) -> tuple[TokenizerParams, str | None]:
 def main_run(params: dict) -> dict:
     p = Params(params)
     cfg, hf_path = configure(p)
-    with lifecycle("tokenizer", p, None):
+    with tracking.stage_run("tokenizer", p.logged()):  # no model runs here: no runtime to open
         return run(cfg, hf_path)
 
 
-main = entry("tasks.tokenizer", __doc__, main_run, ddp=False)
+main = entry(__doc__, main_run)
 
 
 if __name__ == "__main__":

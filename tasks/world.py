@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from rlhf.world import WorldConfig, build_world
-from tasks.common import path, write_metrics
-from tasks.stage import Params, entry, lifecycle
+from tasks import tracking
+from tasks.common import Params, entry, path, write_metrics
 
 OUT_DIR = "data/world"
 
@@ -37,11 +37,11 @@ def configure(p: Params) -> WorldConfig:
 def main_run(params: dict) -> dict[str, Any]:
     p = Params(params)
     cfg = configure(p)
-    with lifecycle("world", p, None):
+    with tracking.stage_run("world", p.logged()):  # no model runs here: no runtime to open
         return run(cfg)
 
 
-main = entry("tasks.world", __doc__, main_run, ddp=False)
+main = entry(__doc__, main_run)
 
 
 if __name__ == "__main__":

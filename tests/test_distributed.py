@@ -189,12 +189,12 @@ def test_sft_stage_relaunches_itself_under_torchrun(tmp_path, monkeypatch):
 
 def test_runtime_params_and_device_resolution():
     from rlhf.device import resolve
-    from tasks.common import ParamError
-    from tasks.launch import runtime_params, torchrun_command
+    from tasks.common import ParamError, Params
+    from tasks.stage import torchrun_command
 
-    assert runtime_params({}).nproc_per_node == 1  # params files without the section keep working
+    assert Params({}).runtime().nproc_per_node == 1  # params files without the section keep working
     with pytest.raises(ParamError, match="unknown key"):
-        runtime_params({"runtime": {"world": 2}})
+        Params({"runtime": {"world": 2}}).runtime()
     cmd = torchrun_command("tasks.ppo", 4, ["--params", "p.yaml"])
     assert cmd[1:] == [
         "-m",

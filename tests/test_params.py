@@ -22,7 +22,7 @@ SECTIONS = {
     "data": ("tasks.prepare", "DataParams"),
     "tokenizer": ("tasks.tokenizer", "TokenizerParams"),
     "model": ("rlhf.model", "GPTConfig"),
-    "runtime": ("tasks.launch", "RuntimeParams"),
+    "runtime": ("tasks.common", "RuntimeParams"),
     "pretrain": ("rlhf.lm_train", "TrainConfig"),
     "sft": ("tasks.sft", "SFTParams"),
     "validate": ("tasks.validate", "ValidateParams"),

@@ -12,8 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tasks.common import ParamError
-from tasks.stage import Params
+from tasks.common import ParamError, Params
 from tasks.tracking import flatten
 from tests.test_dvc import DVC_YAML, ROOT, lookup
 
