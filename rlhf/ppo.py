@@ -3,7 +3,7 @@
 No models, no optimiser, no I/O: every function maps tensors to tensors so it can be tested against a plain
 reference (a loop, float64, the spec's worked numbers). The training loop lives elsewhere.
 
-Shapes legend (the same letters everywhere):
+Shapes (the project's legend, ARCHITECTURE.md):
     B  batch (number of responses)
     T  response tokens (the response part only; padding after EOS is on the right)
     V  vocabulary size

@@ -8,7 +8,7 @@ scalar head), the reference (frozen SFT) and the reward source (frozen reward mo
   4. advantage   critic values, GAE over valid tokens, returns = A + V, advantages whitened over valid tokens
   5. learn       E epochs × minibatches of clipped policy loss + value loss − entropy bonus, clipped grads
   6. KL control  fixed β, or Ziegler et al.'s adaptive controller
-Shapes: B rollouts, N response tokens.
+Shapes (the project's legend, ARCHITECTURE.md): B rollouts, T response tokens.
 
 Under torchrun (`rlhf.distributed`) each rank rolls out its own contiguous share of the iteration's prompts with
 its own sampling seed, the frozen models score its share, advantages are whitened with the mean and variance of
@@ -220,9 +220,7 @@ def make_experience(
     ro.rewards = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, beta, cfg.kl_estimator)
     # 4. advantages over valid tokens only; returns from the raw advantages; then whiten (TRL's order)
     advantages, ro.returns = gae(ro.rewards, ro.values * ro.mask, ro.mask, cfg.gamma, cfg.lam)
-    ro.advantages = masked_whiten(
-        advantages, ro.mask, reduce=distributed.reducer()
-    )  # mean and variance over every rank's tokens
+    ro.advantages = masked_whiten(advantages, ro.mask, reduce=reduce)  # mean, variance over every rank's tokens
     kl_tokens = per_token_kl(ro.logprobs, ro.ref_logprobs, ro.mask, "k1")
     # Per-rollout means reduce exactly (equal shares); token means are global already.
     stats = {
@@ -345,9 +343,7 @@ def ppo_iteration(
     stats |= learn(state, ro, cfg, lr_frac=1.0 - state.iteration / cfg.iterations)
     stats["time/update"] = time.perf_counter() - t
     with torch.no_grad():
-        stats["ppo/val/explained_var"] = explained_variance(
-            ro.values, ro.returns, ro.mask, reduce=distributed.reducer()
-        )
+        stats["ppo/val/explained_var"] = explained_variance(ro.values, ro.returns, ro.mask, distributed.reducer())
     # 6. KL control: the controller sees the mean KL per response of this batch
     state.kl_ctl.update(stats["objective/kl"], cfg.batch_size)
     state.iteration += 1

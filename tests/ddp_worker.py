@@ -24,7 +24,7 @@ from rlhf.dpo import DPOConfig, train_dpo
 from rlhf.lm_data import EpochSampler
 from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.model import GPT, GPTConfig, ScalarHeadModel
-from rlhf.ppo_run import train_ppo
+from rlhf.ppo_run import RunOptions, train_ppo
 from rlhf.ppo_trainer import PPOConfig, PPOState, learn, make_state
 from rlhf.reward import Pairs, RMConfig, train_reward_model
 from rlhf.rollout import Rollout, policy_forward, value_forward
@@ -188,11 +188,13 @@ def ppo_loop_scenario(workdir: Path) -> Result:
         [f"say {w}" for w in words],
         cfg,
         log,
-        workdir / "checkpoint",
-        checkpoint_every=1,
-        monitor=lambda prompts, responses: [float(len(r)) for r in responses],
-        snapshot=snapshot,
-        snapshot_every=1,
+        RunOptions(
+            workdir / "checkpoint",
+            checkpoint_every=1,
+            gold=lambda prompts, responses: [float(len(r)) for r in responses],
+            on_snapshot=snapshot,
+            snapshot_every=1,
+        ),
     )
     params = {f"actor.{k}": v for k, v in actor.state_dict().items()}
     report = {"logged": logged, "history": history, "kl_coef": state.kl_ctl.value}

@@ -154,7 +154,7 @@ def _sft_root(root: Path, nproc: int) -> Path:
     (root / "data/prepared/demos.jsonl").write_text("".join(json.dumps(d) + "\n" for d in demos))
     sft = {"steps": 2, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "eval_every": 1, "checkpoint_every": 1}
     params = {
-        "sft": {**sft, "seed": 0, "heldout_frac": 0.2, "eval_prompts": 0},
+        "sft": {**sft, "seed": 0, "heldout_frac": 0.2, "eval_prompts": 0, "eval_temperature": 0.7, "max_new_tokens": 8},
         "runtime": {"device": "auto", "precision": "auto", "nproc_per_node": nproc},
         "judge": {"gold": "none"},
     }

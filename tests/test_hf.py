@@ -97,6 +97,7 @@ def test_sampled_logprobs_equal_a_full_forward_pass(hf_dir):
 
 
 def test_checkpoints_round_trip_as_safetensors_and_json(tmp_path, hf_dir):
+    from rlhf.backends import Tokenizer
     from rlhf.checkpoint import load_model, read_config, save_model
     from rlhf.hf import HFCausalLM, HFScalarHeadModel, load_pretrained
     from rlhf.model import ScalarHeadModel

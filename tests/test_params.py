@@ -87,6 +87,13 @@ def test_no_config_default_disagrees_with_params_yaml():
     assert [d for name in SECTIONS for d in _disagreements(_cls(name), params[name], name)] == []
 
 
+def test_the_served_actor_samples_as_the_pipeline_evaluates():
+    from rlhf.serving import DEFAULTS
+
+    params = yaml.safe_load(PARAMS_YAML.read_text())["evaluate"]
+    assert (DEFAULTS["max_new_tokens"], DEFAULTS["temperature"]) == (params["max_new_tokens"], params["temperature"])
+
+
 def test_a_missing_key_is_named():
     from tasks.common import ParamError, build_dataclass
 
