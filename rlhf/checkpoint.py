@@ -154,6 +154,44 @@ def load_training_state(path: str | Path, optimizers: dict[str, torch.optim.Opti
     return saved["meta"]
 
 
+def save_resumable(
+    path: Path,
+    models: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    meta: dict[str, Any],
+    tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> None:
+    """A complete resumable training state in directory `path`: each model's weights (in `path/<name>/`, or
+    `path` itself for the name ""), extra tensor files, the optimizers, RNG and `meta` (its "inputs": the
+    run's `fingerprint`). The previous state survives until this one is complete."""
+    with atomic_dir(path) as tmp:
+        for name, model in models.items():
+            (tmp / name).mkdir(exist_ok=True)
+            write_model(tmp / name, model, None, {})
+        for file, state in (tensors or {}).items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / file))
+        save_training_state(tmp, optimizers, meta)
+
+
+def load_resumable(
+    path: Path,
+    models: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    expected: dict[str, Any],
+    start_over: Path,
+) -> dict[str, Any] | None:
+    """Restore in place what save_resumable wrote when `path` holds a state started from these very inputs
+    (`expected`, a fingerprint) and return its meta; None when there is none. A state of other inputs is refused
+    (ResumeRefused), never silently resumed or dropped."""
+    meta = resumable_meta(path, expected, start_over)
+    if meta is None:
+        return None
+    for name, model in models.items():
+        model.load_state_dict(load_file(str(path / name / "model.safetensors")))
+    load_training_state(path, optimizers)
+    return meta
+
+
 # --- what a training state was started from -----------------------------------------------------------------
 
 

@@ -26,12 +26,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from rlhf import distributed
-from rlhf.checkpoint import fingerprint, load_training_state, resumable_meta, save_training_state, write_model
+from rlhf.checkpoint import fingerprint, load_resumable, save_resumable
 from rlhf.device import CPU, Runtime
-from rlhf.io import atomic_dir
 from rlhf.lm_data import IGNORE, _generator, sft_batch
 from rlhf.lm_train import LogFn, TrainConfig, lr_at, make_optimizer
 from rlhf.model import GPT, disable_dropout
@@ -318,21 +317,16 @@ class _RunState:
 
 def _save_state(model: GPT, opt: torch.optim.Optimizer, run: _RunState, state_dir: Path, fp: dict, step: int) -> None:
     meta = {"step": step, "inputs": fp, "best": run.best, "bad_evals": run.bad_evals}
-    with atomic_dir(state_dir) as tmp:
-        write_model(tmp, model, None, {})
-        save_file({k: v.detach().contiguous().cpu() for k, v in run.best_state.items()}, str(tmp / "best.safetensors"))
-        save_training_state(tmp, {"opt": opt}, meta)
+    save_resumable(state_dir, {"": model}, {"opt": opt}, meta, {"best.safetensors": run.best_state})
 
 
 def _resume(model: GPT, opt: torch.optim.Optimizer, run: _RunState, state_dir: Path, fp: dict, start_over: Path) -> int:
     """Restore everything _save_state wrote when state_dir holds a state of these very inputs; else step 0."""
-    meta = resumable_meta(state_dir, fp, start_over)  # refuses a state of other inputs
+    meta = load_resumable(state_dir, {"": model}, {"opt": opt}, fp, start_over)  # refuses a state of other inputs
     if meta is None:
         return 0
     device = next(model.parameters()).device
-    model.load_state_dict(load_file(str(state_dir / "model.safetensors")))
     run.best_state = {k: v.to(device) for k, v in load_file(str(state_dir / "best.safetensors")).items()}
     run.best, run.bad_evals = meta["best"], int(meta["bad_evals"])
-    load_training_state(state_dir, {"opt": opt})
     print(f"[dpo] resumed from {state_dir} at step {meta['step']}")
     return int(meta["step"])

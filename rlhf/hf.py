@@ -34,7 +34,8 @@ import torch
 import torch.nn as nn
 
 from rlhf.backends import Tokenizer
-from rlhf.model import check_context, default_positions, last_token_index, scalar_head
+from rlhf.model import check_context, default_positions, scalar_head
+from rlhf.padding import last_token_index
 
 PARAMS_KEY = "model.hf_path"
 PLAIN_PROMPT = "User: {prompt}\nAssistant: "

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from rlhf.model import ScalarHeadModel
+from rlhf.padding import right_pad
 from rlhf.tokenizer import ChatTokenizer
 
 Judge = Callable[[list[str], list[str]], list[float]]
@@ -58,13 +59,7 @@ def pack_pairs(
         (tokenizer.encode_prompt(p) + tokenizer.encode_response(r))[:block_size]
         for p, r in zip(prompts, responses, strict=True)
     ]
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), tokenizer.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), T, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
+    return right_pad(seqs, tokenizer.pad_id)
 
 
 class RewardModelJudge:

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rlhf.backends import CausalLM, ScalarModel
+from rlhf.padding import has_left_pad, last_token_index
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -307,15 +308,3 @@ def normalise_head(model: nn.Module, mean: float, std: float) -> nn.Module:
         model.head.weight.div_(std)
         model.head.bias.sub_(mean).div_(std)
     return model
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) mask -> (B,) index of the last position whose mask is 1."""
-    T = attention_mask.shape[1]
-    pos = torch.arange(T, device=attention_mask.device)
-    return torch.where(attention_mask.bool(), pos, -1).amax(dim=1).clamp(min=0)
-
-
-def has_left_pad(attention_mask: torch.Tensor) -> bool:
-    """(B, T) mask -> whether any row starts with padding (right padding needs no mask under causal attention)."""
-    return bool((attention_mask[:, 0] == 0).any())

@@ -22,6 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from rlhf.padding import last_valid_index
+
 KL_ESTIMATORS = ("k1", "k3")
 
 
@@ -144,12 +146,6 @@ def per_token_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator
     log_ratio = torch.where(m, logprobs - ref_logprobs, 0.0)  # garbage in padding cannot reach expm1
     kl = log_ratio if estimator == "k1" else torch.expm1(-log_ratio) + log_ratio
     return torch.where(m, kl, torch.zeros_like(kl))
-
-
-def last_valid_index(mask: Tensor) -> Tensor:
-    """Index of the last valid token in each row; (B, T) -> (B,) long, -1 for a row with no valid token."""
-    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)  # (B, T)
-    return torch.where(mask.bool(), positions, -1).amax(dim=1)
 
 
 def kl_penalized_rewards(

@@ -15,11 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from rlhf import distributed
-from rlhf.checkpoint import fingerprint, load_training_state, resumable_meta, save_training_state, write_model
-from rlhf.io import atomic_dir
+from rlhf.checkpoint import fingerprint, load_resumable, save_resumable
 from rlhf.model import GPT
 from rlhf.ppo_trainer import LogFn, PPOConfig, PPOState, ScoreFn, ppo_iteration
 from rlhf.progress import Progress
@@ -31,29 +28,22 @@ Monitor = Callable[[list[str], list[str]], list[float]]  # a judge watched durin
 def save_ppo_state(path: Path, state: PPOState, inputs: dict) -> None:
     """Write a complete checkpoint directory; the previous one survives until this one is complete.
     `inputs` is the run's `fingerprint`: a resume checks it."""
-    with atomic_dir(path) as tmp:
-        (tmp / "actor").mkdir()
-        (tmp / "critic").mkdir()
-        write_model(tmp / "actor", state.actor, None, {})
-        write_model(tmp / "critic", state.critic, None, {})
-        meta = {
-            "iteration": state.iteration,
-            "inputs": inputs,
-            "kl_ctl": state.kl_ctl.state_dict(),
-            "history": state.history,
-        }
-        save_training_state(tmp, {"opt": state.optimizer}, meta)
+    meta = {
+        "iteration": state.iteration,
+        "inputs": inputs,
+        "kl_ctl": state.kl_ctl.state_dict(),
+        "history": state.history,
+    }
+    save_resumable(path, {"actor": state.actor, "critic": state.critic}, {"opt": state.optimizer}, meta)
 
 
 def load_ppo_state(path: Path, state: PPOState, inputs: dict, start_over: Path | None = None) -> bool:
     """Restore `state` in place from a checkpoint started from these very inputs (a `fingerprint`); False when
     there is none. A checkpoint of other inputs is refused (ResumeRefused), never silently resumed or dropped."""
-    meta = resumable_meta(path, inputs, start_over or path)
+    models = {"actor": state.actor, "critic": state.critic}
+    meta = load_resumable(path, models, {"opt": state.optimizer}, inputs, start_over or path)
     if meta is None:
         return False
-    state.actor.load_state_dict(load_file(str(path / "actor" / "model.safetensors")))
-    state.critic.load_state_dict(load_file(str(path / "critic" / "model.safetensors")))
-    load_training_state(path, {"opt": state.optimizer})
     state.kl_ctl.load_state_dict(meta["kl_ctl"])
     state.iteration, state.history = int(meta["iteration"]), meta["history"]
     print(f"[ppo] resumed from {path} at iteration {state.iteration}")

@@ -27,7 +27,8 @@ from rlhf import distributed
 from rlhf.device import CPU, Runtime
 from rlhf.lm_train import TrainConfig as _Schedule
 from rlhf.lm_train import lr_at, make_optimizer
-from rlhf.model import ScalarHeadModel, last_token_index
+from rlhf.model import ScalarHeadModel
+from rlhf.padding import last_token_index, right_pad
 from rlhf.progress import Progress
 from rlhf.tokenizer import ChatTokenizer
 
@@ -104,14 +105,7 @@ def split(df: pd.DataFrame, val_frac: float) -> tuple[pd.DataFrame, pd.DataFrame
 
 def pair_batch(chosen: list[list[int]], rejected: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """B pairs -> ids (2B, T) and mask (2B, T), right-padded: rows 0..B-1 chosen, B..2B-1 rejected."""
-    seqs = chosen + rejected
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), T, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
+    return right_pad(chosen + rejected, pad_id)
 
 
 def pair_wins(m: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, fields
 import torch
 
 from rlhf.generate import SamplingConfig, generate
-from rlhf.model import GPT, ScalarHeadModel, has_left_pad
+from rlhf.model import GPT, ScalarHeadModel
+from rlhf.padding import has_left_pad
 from rlhf.ppo import entropy_from_logits, logprobs_from_logits
 from rlhf.tokenizer import ChatTokenizer
 
