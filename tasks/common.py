@@ -105,14 +105,6 @@ RANGES: dict[str, Range] = {
 }
 
 
-def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
-    """Build the dataclass `cls` from params[name]; unknown or missing keys are errors that name the file."""
-    raw = params.get(name)
-    if raw is None:
-        raise ParamError(f"{params_path()}: no section '{name}'")
-    return build_dataclass(cls, raw, where=f"{params_path()}:{name}")
-
-
 def build_dataclass(cls: type[T], raw: dict[str, Any], where: str) -> T:
     """The params dataclass `cls` from a mapping, every value checked first: known key, the field's type, the
     field's range (RANGES), then the dataclass's own cross-field rules. Any break is a ParamError naming the key:
@@ -306,3 +298,18 @@ def entry(
             print(metrics, flush=True)
 
     return main
+
+
+def model_free_entry(stage: str, description: str, configure: Callable[[Params], T], run: Callable[[T], Any]):
+    """The `main` of a stage that runs no model (world, prepare, tokenizer): its params read once by `configure`,
+    then `run(config)` inside the stage's MLflow run, which logs what `configure` read."""
+
+    def configured(params: dict[str, Any]) -> Any:
+        from tasks import tracking  # tracking imports this module
+
+        p = Params(params)
+        cfg = configure(p)
+        with tracking.stage_run(stage, p.logged()):
+            return run(cfg)
+
+    return entry(description, configured)

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from rlhf.data import DataError, control_rule, read_demos, read_prompts, read_table, read_text
 from rlhf.io import write_jsonl, write_text
-from tasks import tracking
-from tasks.common import Params, build_dataclass, entry, params_path, path
+from tasks.common import Params, build_dataclass, model_free_entry, params_path, path
 
 OUT = "data/prepared"
 WORLD = {
@@ -87,18 +86,10 @@ KEYS = ("corpus", "demos", "prompts_pref", "prompts_ppo", "prompts_eval")
 
 
 def configure(p: Params) -> DataParams:
-    values = {k: p.value(f"data.{k}") for k in KEYS}
-    return build_dataclass(DataParams, {k: v for k, v in values.items()}, f"{params_path()}:data")
+    return build_dataclass(DataParams, {k: p.value(f"data.{k}") for k in KEYS}, f"{params_path()}:data")
 
 
-def main_run(params: dict) -> dict:
-    p = Params(params)
-    cfg = configure(p)
-    with tracking.stage_run("prepare", p.logged()):  # no model runs here: no runtime to open
-        return run(cfg)
-
-
-main = entry(__doc__, main_run)
+main = model_free_entry("prepare", __doc__, configure, run)
 
 
 if __name__ == "__main__":

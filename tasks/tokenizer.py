@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from rlhf.io import atomic_dir
 from rlhf.tokenizer import train_tokenizer
-from tasks import tracking
-from tasks.common import Params, entry, path
+from tasks.common import Params, model_free_entry, path
 
 OUT = "data/tokenizer"
 
@@ -50,14 +49,7 @@ def configure(p: Params) -> tuple[TokenizerParams, str | None]:
     return p.section("tokenizer", TokenizerParams), p.value("model.hf_path")
 
 
-def main_run(params: dict) -> dict:
-    p = Params(params)
-    cfg, hf_path = configure(p)
-    with tracking.stage_run("tokenizer", p.logged()):  # no model runs here: no runtime to open
-        return run(cfg, hf_path)
-
-
-main = entry(__doc__, main_run)
+main = model_free_entry("tokenizer", __doc__, configure, lambda c: run(*c))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rlhf.world import WorldConfig, build_world
-from tasks import tracking
-from tasks.common import Params, entry, path, write_metrics
+from tasks.common import Params, model_free_entry, path, write_metrics
 
 OUT_DIR = "data/world"
 
@@ -34,14 +33,7 @@ def configure(p: Params) -> WorldConfig:
     return p.section("world", WorldConfig)
 
 
-def main_run(params: dict) -> dict[str, Any]:
-    p = Params(params)
-    cfg = configure(p)
-    with tracking.stage_run("world", p.logged()):  # no model runs here: no runtime to open
-        return run(cfg)
-
-
-main = entry(__doc__, main_run)
+main = model_free_entry("world", __doc__, configure, run)
 
 
 if __name__ == "__main__":
