@@ -14,7 +14,7 @@ The contract shared by the three training loops (`rlhf.lm_train`, `rlhf.reward`,
 - Randomness that must differ per rank (PPO sampling) is seeded with `seed + rank`; what must agree (batch order,
   minibatch order) keeps the shared seed.
 Without torchrun (no WORLD_SIZE above 1) every helper is the identity or the single-process function, so one
-process computes exactly what it computed before this module existed.
+process computes exactly what it would without this module.
 
 Shapes: B rows of a rank's shard, T tokens.
 """

@@ -400,23 +400,33 @@ class ValidateParams:
     """where <kind>.json and <kind>_docs/ go"""
 
 
-def defaults(kind: str, params_file: Path | None) -> dict[str, Any]:
-    """What params.yaml says for the options of the command line (`model.block_size` and the `validate`
-    section); no built-in value stands in for one it lacks."""
+def defaults(kind: str, params_file: Path | None, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options of the command line: those `given` (not None), the others from params.yaml (`model.block_size`
+    and the `validate` section). No built-in value stands in for one that neither gives."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
     params_file = params_file or params_path()
     if not params_file.exists():
         raise FileNotFoundError(f"{params_file}: no such params file")
     params = load_params(params_file)
-    cfg = build_dataclass(ValidateParams, params.get("validate"), f"{params_file}:validate")
-    block_size = (params.get("model") or {}).get("block_size")
-    if not isinstance(block_size, int):
-        raise ParamError(f"{params_file}: model.block_size must be an int, got {block_size!r}")
-    return {
-        "block_size": block_size,
-        "min_rows": cfg.min_demos if kind == "demos" else cfg.min_pairs,
-        "max_prompt_tokens": cfg.max_prompt_tokens,
-        "report_dir": path(cfg.report_dir),
+    raw = params.get("validate")
+    cfg = build_dataclass(ValidateParams, raw, f"{params_file}:validate") if raw is not None else None
+    opts: dict[str, Any] = {
+        "max_prompt_tokens": cfg.max_prompt_tokens if cfg else None,
+        "report_dir": path(cfg.report_dir if cfg else ValidateParams.report_dir),
     }
+    if "block_size" not in given:
+        block_size = (params.get("model") or {}).get("block_size")
+        if not isinstance(block_size, int):
+            raise ParamError(
+                f"{params_file}: model.block_size must be an int (or pass --block-size), got {block_size!r}"
+            )
+        opts["block_size"] = block_size
+    if "min_rows" not in given:
+        key = "min_demos" if kind == "demos" else "min_pairs"
+        if cfg is None:
+            raise ParamError(f"{params_file}: no validate.{key} (or pass --min-rows)")
+        opts["min_rows"] = getattr(cfg, key)
+    return {**opts, **given}
 
 
 @stage_main
@@ -439,8 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     docs = not args.no_data_docs
     opts: dict[str, Any] = {"report_dir": Path(ValidateParams.report_dir)}
     try:
-        opts = defaults(args.kind, args.params)
-        opts.update({k: v for k in opts if (v := getattr(args, k)) is not None})
+        cli_opts = ("block_size", "min_rows", "max_prompt_tokens", "report_dir")
+        opts = defaults(args.kind, args.params, {k: getattr(args, k) for k in cli_opts})
         report = run(
             args.kind, args.input, args.tokenizer, args.eval_prompts, data_docs=docs,
             import_format=args.import_format, existing=args.existing, **opts,
