@@ -14,7 +14,6 @@ and DDP averages the gradients (rlhf.ppo_trainer); rank 0 alone probes the polic
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
@@ -119,37 +118,35 @@ def load_models(rt: Runtime) -> tuple[GPT, GPT, ScalarHeadModel]:
 @dataclass(frozen=True)
 class Config:
     ppo: PPOParams
-    core: PPOConfig
+    """the core's PPOConfig and what the stage adds (reward source, critic init, checkpoints, probes)"""
     judge: Judge | None
     runtime: RuntimeParams
 
 
 def configure(p: Params) -> Config:
-    cfg = p.section("ppo", PPOParams)
-    core = PPOConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PPOConfig)})
-    return Config(cfg, core, gold_judge(p), p.runtime())
+    return Config(p.section("ppo", PPOParams), gold_judge(p), p.runtime())
 
 
 def run(params: dict) -> dict:
     p = Params(params)
     conf = configure(p)
-    cfg, core, gold = conf.ppo, conf.core, conf.judge
+    cfg, gold = conf.ppo, conf.judge
     prompts = read_prompts(path("data/prepared/prompts_ppo.jsonl"))["prompt"].tolist()
     # Before any model loads: a batch the prompts or the processes cannot fill evenly is an error now.
     try:
-        check_batch_sizes(core, len(prompts), int(os.environ.get("WORLD_SIZE", "1")))
+        check_batch_sizes(cfg, len(prompts), int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError as e:
         raise ParamError(f"params.yaml:ppo: {e}") from e
     tok = ChatTokenizer.load(path("models/sft"))
     inputs = ppo_inputs(params)
     # Refused before anything loads or an MLflow run opens: a checkpoint of other inputs is an error to act on.
-    resumable_meta(path(STATE) / "checkpoint", fingerprint(core, inputs), path(STATE))
+    resumable_meta(path(STATE) / "checkpoint", fingerprint(cfg, inputs), path(STATE))
     with lifecycle("ppo", p, conf.runtime, state_dir=path(STATE)) as ctx:
         rt, tr = ctx.rt, ctx.tracker
         actor, ref, rm = load_models(rt)
         probe_set = prompts[: cfg.probe_prompts]
         raw_fn = raw_score_fn(cfg.reward, rm, tok)
-        mean, std = reward_statistics(actor, raw_fn, tok, probe_set, core, rt)
+        mean, std = reward_statistics(actor, raw_fn, tok, probe_set, cfg, rt)
         critic = make_critic(cfg, actor, rm, mean, std).to(rt.device)
         rm_cfg = read_config(path("models/reward_model"))
         rm_norm = (
@@ -160,7 +157,7 @@ def run(params: dict) -> dict:
         judges = {"rm": RewardModelJudge(rm, tok, *rm_norm), **({"gold": gold} if gold else {})}
         start = probe(actor, ref, tok, probe_set, cfg, judges, rt) if ctx.is_main else {}
         torch.manual_seed(distributed.rank_seed(cfg.seed))
-        state = make_state(actor, critic, core, runtime=rt)
+        state = make_state(actor, critic, cfg, runtime=rt)
         run_opts = RunOptions(
             checkpoint=path(STATE) / "checkpoint",
             checkpoint_every=cfg.checkpoint_every,
@@ -170,7 +167,7 @@ def run(params: dict) -> dict:
             inputs=inputs,
             start_over=path(STATE),
         )
-        history = train_ppo(state, ref, normalised(raw_fn, mean, std), tok, prompts, core, tr.log_metrics, run_opts)
+        history = train_ppo(state, ref, normalised(raw_fn, mean, std), tok, prompts, cfg, tr.log_metrics, run_opts)
         ctx.sync_peak_memory()
         if not ctx.is_main:
             return {}  # rank 0 probes, reports and writes

@@ -11,7 +11,7 @@ rank 0 alone measures and writes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -96,7 +96,6 @@ def run(params: dict) -> dict:
     p = Params(params)
     conf = configure(p)
     cfg = conf.rm
-    rm_cfg = RMConfig(**{f.name: getattr(cfg, f.name) for f in fields(RMConfig)})
     tok = ChatTokenizer.load(path("models/sft"))
     sft = load_model(path("models/sft"), arch="gpt")
     train_df, val_df = split(pd.read_parquet(path(PAIRS)), cfg.val_frac)
@@ -105,7 +104,7 @@ def run(params: dict) -> dict:
         rt, tr = ctx.rt, ctx.tracker
         torch.manual_seed(cfg.seed)  # the same head on every rank (DDP also broadcasts rank 0's weights)
         model = ScalarHeadModel.from_lm(sft).to(rt.device)
-        best = train_reward_model(model, train, val, rm_cfg, tok.pad_id, tr.log_metrics, runtime=rt)
+        best = train_reward_model(model, train, val, cfg, tok.pad_id, tr.log_metrics, runtime=rt)
         ctx.sync_peak_memory()
         if not ctx.is_main:
             return {}  # rank 0 measures, reports and writes

@@ -10,7 +10,7 @@ judges the two models and writes.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -92,7 +92,6 @@ def run(params: dict) -> dict:
     p = Params(params)
     conf = configure(p)
     cfg = conf.sft
-    train_cfg = TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
     tok = ChatTokenizer.load(path(TOKENIZER))
     base = load_model(path("models/base"), arch="gpt")
     (train_ids, train_np), (held_ids, held_np) = split_examples(
@@ -101,13 +100,13 @@ def run(params: dict) -> dict:
     sampler = EpochSampler(train_ids, train_np, cfg.batch_size, cfg.seed, tok.pad_id)
     held = EpochSampler(held_ids, held_np, cfg.batch_size, cfg.seed, tok.pad_id).eval_batches()
     inputs = resume_inputs({"sft": params["sft"]}, ["models/base/model.safetensors", DEMOS, TOKENIZER])
-    resumable_meta(path(STATE) / "checkpoint", fingerprint(train_cfg, inputs), path(STATE))  # refuse early
+    resumable_meta(path(STATE) / "checkpoint", fingerprint(cfg, inputs), path(STATE))  # refuse early
     with lifecycle("sft", p, conf.runtime, state_dir=path(STATE)) as ctx:
         rt, tr = ctx.rt, ctx.tracker
         model = load_model(path("models/base"), arch="gpt").to(rt.device)
         torch.manual_seed(distributed.rank_seed(cfg.seed))  # dropout masks differ per rank
         final = train_lm(
-            model, sampler, held, train_cfg, path(STATE) / "checkpoint", tr.log_metrics, name="sft", runtime=rt,
+            model, sampler, held, cfg, path(STATE) / "checkpoint", tr.log_metrics, name="sft", runtime=rt,
             inputs=inputs, start_over=path(STATE),
         )  # fmt: skip
         seconds = ctx.seconds()
@@ -124,7 +123,7 @@ def run(params: dict) -> dict:
             **judged,
             **ctx.cost(seconds),
         }
-        tr.log_metrics({f"sft/{k}": v for k, v in metrics.items() if isinstance(v, float)}, train_cfg.steps)
+        tr.log_metrics({f"sft/{k}": v for k, v in metrics.items() if isinstance(v, float)}, cfg.steps)
         save_model(path("models/sft"), model, path(TOKENIZER), stage="sft", steps=cfg.steps)
         write_metrics("sft", metrics)
     return metrics

@@ -89,7 +89,7 @@ def test_generation_length_is_params_yaml_s_everywhere():
         "sft": sft.configure(Params(PARAMS)).sft.max_new_tokens,
         "preferences": preferences.configure(Params(PARAMS)).prefs.max_new_tokens,
         "reward_model": reward_model.configure(Params(PARAMS)).rm.max_new_tokens,
-        "ppo": ppo.configure(Params(PARAMS)).core.max_new_tokens,
+        "ppo": ppo.configure(Params(PARAMS)).ppo.max_new_tokens,
         "evaluate": evaluate.configure(Params(PARAMS)).eval.max_new_tokens,
     }
     assert lengths == {k: PARAMS[k]["max_new_tokens"] for k in lengths}
