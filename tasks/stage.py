@@ -1,17 +1,18 @@
-"""The one lifecycle of a stage: its params read once, its runtime, its MLflow run, its judge, its clean-up.
+"""The one lifecycle of a stage that runs a model: its runtime, its MLflow run, its clock, its clean-up.
 
 A stage `tasks/<name>.py` has two functions and a `main`:
 
     def configure(p: Params) -> Config      # every params.yaml value the stage reads, parsed and checked
-    def run(params: dict) -> dict          # cfg = configure(Params(params)); with lifecycle(...) as ctx: ...
+    def run(params: dict) -> dict          # conf = configure(Params(params)); with lifecycle(...) as ctx: ...
     main = stage.entry("tasks.<name>", __doc__, run)
 
-`Params` records what `configure` reads (a section, or one dotted key), and the stage's MLflow run logs exactly
-that: tests/test_stage.py checks it equals the stage's `params:` in dvc.yaml, so the keys DVC watches are the keys
-the stage reads and logs. No config class has a default that disagrees with params.yaml (tests/test_params.py).
-`lifecycle` then opens, in this order and for every stage alike: the runtime (device, precision, and under
-torchrun the process group), the MLflow run (rank 0; a null tracker elsewhere), the clock; on leaving it records
-the seconds and peak memory and, when the stage finished, removes its resumable state.
+`tasks.common.Params` records what `configure` reads (a section, or one dotted key), and the stage's MLflow run
+logs exactly that: tests/test_stage.py checks it equals the stage's `params:` in dvc.yaml, so the keys DVC watches
+are the keys the stage reads and logs. The gold judge is read there too, once (tasks/judge.py). `lifecycle` then
+opens, in this order and for every stage alike: the runtime (device, precision, and for a training stage under
+torchrun the process group), the MLflow run (rank 0; a null tracker elsewhere), the clock; the body's `Context`
+gives the cost metrics (seconds, peak memory, world size); on leaving, when the stage finished, its resumable
+state is removed. Stages that run no model use `tasks.common.model_free_entry` instead.
 """
 
 from __future__ import annotations
