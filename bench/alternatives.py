@@ -73,7 +73,8 @@ def decode_forward(model: GPT, prompt: torch.Tensor) -> None:
 
     modules = ms(lambda: loop(lambda tok, pos, cache: model(tok[:, None], None, None, cache, last=1)))
     functional = ms(lambda: loop(lambda tok, pos, cache: functional_step(model, tok, pos, cache)))
-    logits, cfg, g = torch.randn(B, PEER_SHAPE.vocab_size), SamplingConfig(temperature=1.0), torch.Generator()
+    logits, g = torch.randn(B, PEER_SHAPE.vocab_size), torch.Generator()
+    cfg = SamplingConfig(max_new_tokens=N, temperature=1.0)
     sampling = ms(lambda: [_sample(logits, cfg, g) for _ in range(N)])
     print(
         f"1. decode forward per step: modules {modules / N:.2f} ms, functional {functional / N:.2f} ms; "

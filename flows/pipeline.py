@@ -22,6 +22,7 @@ import argparse
 import collections
 import importlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -85,18 +86,42 @@ def stage_env(root: Path, parent_run_id: str | None) -> dict[str, str]:
     return env
 
 
-def dvc(args: list[str], root: Path, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
-    """Run `dvc <args>` in `root`, streaming its output; returns the exit code and all output lines."""
-    cmd = [str(Path(sys.executable).parent / "dvc"), *args]
+def run_logged(cmd: list[str], root: Path, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """Run `cmd` in `root`, each output line (stdout and stderr) forwarded as it comes: to the Prefect run's logger
+    inside a flow or task run (the UI's Logs tab of that run), else to stdout. Returns the exit code and the lines."""
+    log = run_logger()
     lines: list[str] = []
     with subprocess.Popen(
         cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)  # the stage's progress stays visible as it happens
-            lines.append(line.rstrip("\n"))
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            lines.append(line)
+            if log is not None:
+                log.info(line)
+            else:
+                sys.stdout.write(raw)  # outside Prefect the stage's progress stays visible as it happens
     return proc.returncode, lines
+
+
+def run_logger() -> Any:
+    """The current Prefect flow or task run's logger, or None outside a run. Its level is INFO whatever
+    PREFECT_LOGGING_LEVEL says (WARNING quiets Prefect's own chatter): the stages' lines are the runs' news."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        log = get_run_logger()
+    except MissingContextError:
+        return None
+    log.logger.setLevel(min(log.logger.getEffectiveLevel(), logging.INFO))
+    return log
+
+
+def dvc(args: list[str], root: Path, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """Run `dvc <args>` in `root`, its output forwarded line by line (run_logged)."""
+    return run_logged([str(Path(sys.executable).parent / "dvc"), *args], root, env)
 
 
 def uncached_outputs(root: Path, stage: str) -> list[str]:
@@ -152,7 +177,9 @@ def run_stage(stage: str, root: str, parent_run_id: str | None) -> dict[str, Any
             raise StageFailed(f"stage '{stage}' failed (dvc exit code {code}); {restored}:\n{tail}")
     ran = any(line.startswith("Running stage") for line in lines)
     restored = any("is cached - skipping run" in line for line in lines)
-    print(f"[pipeline] {stage}: {'ran' if ran else 'up to date'} ({seconds:.1f} s)", file=sys.stderr)
+    summary = f"[pipeline] {stage}: {'ran' if ran else 'up to date'} ({seconds:.1f} s)"
+    log = run_logger()
+    log.info(summary) if log is not None else print(summary, file=sys.stderr)
     return {"stage": stage, "ran": ran, "restored": restored, "seconds": seconds}
 
 
@@ -217,10 +244,9 @@ def head_to_head(root: Path, parent_run_id: str | None) -> registry.Comparator:
         with tempfile.TemporaryDirectory(prefix="rlhf-head-to-head-") as out:
             cmd = [sys.executable, "-m", "tasks.evaluate", "--candidate", str(candidate)]
             cmd += ["--baseline", str(baseline), "--out", out]
-            env = stage_env(root, parent_run_id)
-            proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise StageFailed(f"head-to-head evaluation failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+            code, lines = run_logged(cmd, root, stage_env(root, parent_run_id))
+            if code != 0:
+                raise StageFailed("head-to-head evaluation failed:\n" + "\n".join(lines[-40:]))
             return json.loads((Path(out) / "eval.json").read_text())
 
     return compare

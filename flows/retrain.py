@@ -35,7 +35,7 @@ import prefect
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.pipeline import COMPARATOR, dvc, pipeline_flow, stage_env
+from flows.pipeline import COMPARATOR, dvc, pipeline_flow, run_logged, run_logger, stage_env
 from rlhf.checkpoint import file_hash
 from tasks.common import workdir
 
@@ -68,10 +68,10 @@ def validate_file(file: str, root: str, validate_cmd: list[str]) -> dict[str, An
     cmd = []
     for arg in validate_cmd:
         cmd += accepted_files(Path(root)) if arg == "{existing}" else [arg.format(**fill)]
-    proc = subprocess.run(cmd, cwd=root, env=stage_env(Path(root), None), capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"[retrain] rejected {file}:\n{(proc.stdout + proc.stderr)[-2000:]}", file=sys.stderr)
-    return {"file": file, "valid": proc.returncode == 0, "reports": str(reports)}
+    code, _ = run_logged(cmd, Path(root), stage_env(Path(root), None))  # the gate's report reaches the run's logs
+    if code != 0:
+        run_logger().warning(f"[retrain] rejected {file} (report: {reports})")
+    return {"file": file, "valid": code == 0, "reports": str(reports)}
 
 
 def accepted_files(root: Path) -> list[str]:

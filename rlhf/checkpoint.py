@@ -22,19 +22,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from rlhf.backends import CausalLM, ScalarModel
 from rlhf.io import atomic_dir, atomic_path, write_json
 from rlhf.model import GPT, GPTConfig, ScalarHeadModel
 
 ARCHS = {"gpt": GPT, "scalar": ScalarHeadModel}
 HF_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
 """files of a Hugging Face tokenizer copied along with its tokenizer.json (its special tokens, its chat template)"""
-
-
-def _arch_name(model: torch.nn.Module) -> str:
-    for name, cls in ARCHS.items():
-        if type(model) is cls:
-            return name
-    raise TypeError(f"cannot checkpoint a {type(model).__name__}")
 
 
 def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -49,13 +43,12 @@ def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_model(out: Path, model: torch.nn.Module, tokenizer_path: Path | None, extra: dict[str, Any]) -> None:
+def write_model(out: Path, model: CausalLM | ScalarModel, tokenizer_path: Path | None, extra: dict[str, Any]) -> None:
     """Write the model files into an existing directory `out` (used inside an atomic_dir)."""
     save_file(_state_tensors(model), str(out / "model.safetensors"))
-    if hasattr(model, "checkpoint_config"):  # an HF model (rlhf.hf) says how to rebuild itself
-        config = {**model.checkpoint_config(), **extra}
-    else:
-        config = {"arch": _arch_name(model), "model": dataclasses.asdict(model.cfg), **extra}
+    if not isinstance(model, CausalLM | ScalarModel):
+        raise TypeError(f"cannot checkpoint a {type(model).__name__}: not a model of rlhf.backends")
+    config = {**model.checkpoint_config(), **extra}  # each backend says how to rebuild itself
     write_json(out / "config.json", config)
     if tokenizer_path is not None:
         tokenizer_path = Path(tokenizer_path)
@@ -159,6 +152,44 @@ def load_training_state(path: str | Path, optimizers: dict[str, torch.optim.Opti
             state.setdefault(int(idx), {})[field] = val
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return saved["meta"]
+
+
+def save_resumable(
+    path: Path,
+    models: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    meta: dict[str, Any],
+    tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> None:
+    """A complete resumable training state in directory `path`: each model's weights (in `path/<name>/`, or
+    `path` itself for the name ""), extra tensor files, the optimizers, RNG and `meta` (its "inputs": the
+    run's `fingerprint`). The previous state survives until this one is complete."""
+    with atomic_dir(path) as tmp:
+        for name, model in models.items():
+            (tmp / name).mkdir(exist_ok=True)
+            write_model(tmp / name, model, None, {})
+        for file, state in (tensors or {}).items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / file))
+        save_training_state(tmp, optimizers, meta)
+
+
+def load_resumable(
+    path: Path,
+    models: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    expected: dict[str, Any],
+    start_over: Path,
+) -> dict[str, Any] | None:
+    """Restore in place what save_resumable wrote when `path` holds a state started from these very inputs
+    (`expected`, a fingerprint) and return its meta; None when there is none. A state of other inputs is refused
+    (ResumeRefused), never silently resumed or dropped."""
+    meta = resumable_meta(path, expected, start_over)
+    if meta is None:
+        return None
+    for name, model in models.items():
+        model.load_state_dict(load_file(str(path / name / "model.safetensors")))
+    load_training_state(path, optimizers)
+    return meta
 
 
 # --- what a training state was started from -----------------------------------------------------------------

@@ -186,9 +186,6 @@ def read_demos(path: str | Path) -> pd.DataFrame:
     return df
 
 
-import_demos = read_demos
-
-
 def read_prompts(path: str | Path) -> pd.DataFrame:
     """Prompts: id (unique strings, "<stem>-<line>" when absent), prompt, and family if the file has it."""
     path = Path(path)

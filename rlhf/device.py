@@ -26,7 +26,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass(frozen=True)
 class Runtime:
-    """A resolved device and precision; the default (CPU, fp32) is the single-process behaviour of old."""
+    """A resolved device and precision; the default is the CPU in fp32."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     """where the models and batches live"""

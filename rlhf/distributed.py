@@ -14,7 +14,7 @@ The contract shared by the three training loops (`rlhf.lm_train`, `rlhf.reward`,
 - Randomness that must differ per rank (PPO sampling) is seeded with `seed + rank`; what must agree (batch order,
   minibatch order) keeps the shared seed.
 Without torchrun (no WORLD_SIZE above 1) every helper is the identity or the single-process function, so one
-process computes exactly what it computed before this module existed.
+process computes exactly what it would without this module.
 
 Shapes: B rows of a rank's shard, T tokens.
 """
@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-
-from rlhf import ppo
 
 S = TypeVar("S", list, Tensor)
 # Rank 0 alone evaluates and writes the stage's outputs while the others wait at their next collective.
@@ -71,11 +70,6 @@ def world_size() -> int:
 def is_main() -> bool:
     """Rank 0: the one process that logs and writes files."""
     return rank() == 0
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 def rank_seed(seed: int) -> int:
@@ -178,53 +172,7 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Masked statistics over every rank's tokens (rlhf.ppo's functions in one process)
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _sum_and_count(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    m = mask.bool().expand_as(x)
-    local = torch.stack([torch.where(m, x, torch.zeros_like(x)).sum().double(), m.sum().double()])
-    total = all_reduce_sum(local)
-    return total[0], total[1]
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of x (B, T) over the valid tokens of every rank -> (); 0 when there are none."""
-    if not is_distributed():
-        return ppo.masked_mean(x, mask)
-    s, n = _sum_and_count(x, mask)
-    return (s / n.clamp(min=1)).to(x.dtype)
-
-
-def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
-    """Variance of x (B, T) over the valid tokens of every rank -> (); two passes (mean, then centred squares)."""
-    if not is_distributed():
-        return ppo.masked_var(x, mask, unbiased)
-    mean = masked_mean(x, mask)
-    ss, n = _sum_and_count((x - mean) ** 2, mask)
-    if n == 0 or (unbiased and n == 1):
-        raise ValueError(f"masked_var needs at least {2 if unbiased else 1} valid tokens over all ranks, got {n}")
-    var = ss / n
-    return (var * (n / (n - 1)) if unbiased else var).to(x.dtype)
-
-
-def masked_whiten(x: Tensor, mask: Tensor) -> Tensor:
-    """x (B, T) -> mean 0, unbiased variance 1 over every rank's valid tokens; 0 on padding (as ppo.masked_whiten)."""
-    if not is_distributed():
-        return ppo.masked_whiten(x, mask)
-    m = mask.bool().expand_as(x)
-    whitened = (x - masked_mean(x, m)) * torch.rsqrt(masked_var(x, m) + 1e-8)
-    return torch.where(m, whitened, torch.zeros_like(whitened))
-
-
-def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
-    """1 − Var(R − V) / Var(R) over every rank's valid tokens (as ppo.explained_variance); nan if Var(R) = 0."""
-    if not is_distributed():
-        return ppo.explained_variance(values, returns, mask)
-    with torch.no_grad():
-        var_returns = masked_var(returns, mask, unbiased=False)
-        if float(var_returns) == 0.0:
-            return float("nan")
-        return float(1.0 - masked_var(returns - values, mask, unbiased=False) / var_returns)
+def reducer() -> Callable[[Tensor], Tensor] | None:
+    """The reduction hook of rlhf.ppo's masked statistics: a sum over every rank under DDP, None in one process
+    (the single-process statistics, unchanged)."""
+    return all_reduce_sum if is_distributed() else None

@@ -26,12 +26,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from rlhf import distributed
-from rlhf.checkpoint import fingerprint, load_training_state, resumable_meta, save_training_state, write_model
+from rlhf.checkpoint import fingerprint, load_resumable, save_resumable
 from rlhf.device import CPU, Runtime
-from rlhf.io import atomic_dir
 from rlhf.lm_data import IGNORE, _generator, sft_batch
 from rlhf.lm_train import LogFn, TrainConfig, lr_at, make_optimizer
 from rlhf.model import GPT, disable_dropout
@@ -166,13 +165,13 @@ def evaluate_dpo(
 # --- training ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DPOConfig:
-    steps: int = 200
+    steps: int
     """optimizer steps at most (early stopping may end sooner)"""
     batch_size: int = 32
     """pairs per step"""
-    lr: float = 1e-5
+    lr: float
     """peak learning rate"""
     warmup_steps: int = 10
     """linear warmup, then cosine decay to 0"""
@@ -186,11 +185,11 @@ class DPOConfig:
     """assumed share of flipped labels (conservative DPO); sigmoid loss only"""
     loss_type: str = "sigmoid"
     """sigmoid (DPO) | ipo"""
-    eval_every: int = 50
+    eval_every: int
     """steps between held-out evaluations"""
-    patience: int = 3
+    patience: int
     """stop after this many evaluations without a better held-out loss; the best weights are kept"""
-    checkpoint_every: int = 50
+    checkpoint_every: int
     """steps between resumable training states (0: never)"""
     seed: int = 0
     """batch order"""
@@ -246,7 +245,13 @@ def train_dpo(
     ref_train[visited], ref_val = (
         reference_logps(reference, p, i, pad_id, average, runtime=runtime, progress="dpo reference") for p, i in every
     )
-    schedule = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=0.0)
+    schedule = TrainConfig(
+        steps=cfg.steps,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        checkpoint_every=cfg.checkpoint_every,
+        min_lr_ratio=0.0,
+    )
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     run = _RunState(best={"loss": math.inf}, best_state=copy.deepcopy(model.state_dict()))
     fp = fingerprint(cfg, inputs)
@@ -312,21 +317,16 @@ class _RunState:
 
 def _save_state(model: GPT, opt: torch.optim.Optimizer, run: _RunState, state_dir: Path, fp: dict, step: int) -> None:
     meta = {"step": step, "inputs": fp, "best": run.best, "bad_evals": run.bad_evals}
-    with atomic_dir(state_dir) as tmp:
-        write_model(tmp, model, None, {})
-        save_file({k: v.detach().contiguous().cpu() for k, v in run.best_state.items()}, str(tmp / "best.safetensors"))
-        save_training_state(tmp, {"opt": opt}, meta)
+    save_resumable(state_dir, {"": model}, {"opt": opt}, meta, {"best.safetensors": run.best_state})
 
 
 def _resume(model: GPT, opt: torch.optim.Optimizer, run: _RunState, state_dir: Path, fp: dict, start_over: Path) -> int:
     """Restore everything _save_state wrote when state_dir holds a state of these very inputs; else step 0."""
-    meta = resumable_meta(state_dir, fp, start_over)  # refuses a state of other inputs
+    meta = load_resumable(state_dir, {"": model}, {"opt": opt}, fp, start_over)  # refuses a state of other inputs
     if meta is None:
         return 0
     device = next(model.parameters()).device
-    model.load_state_dict(load_file(str(state_dir / "model.safetensors")))
     run.best_state = {k: v.to(device) for k, v in load_file(str(state_dir / "best.safetensors")).items()}
     run.best, run.bad_evals = meta["best"], int(meta["bad_evals"])
-    load_training_state(state_dir, {"opt": opt})
     print(f"[dpo] resumed from {state_dir} at step {meta['step']}")
     return int(meta["step"])

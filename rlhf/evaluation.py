@@ -74,13 +74,12 @@ def sample_policy(
 
 
 def judge_samples(samples: PolicySamples, judges: dict[str, Judge], batch_size: int = 256) -> None:
-    """Fill samples.scores[name] for every judge (in batches, so a remote judge sees bounded requests)."""
+    """Fill samples.scores[name] for every judge (in batches, so a remote judge sees bounded requests). A user's
+    judge comes checked from rlhf.judges.load_judge: one finite score per pair, or an error naming it."""
     for name, judge in judges.items():
         out: list[float] = []
         for i in range(0, len(samples.prompts), batch_size):
             out += [float(s) for s in judge(samples.prompts[i : i + batch_size], samples.responses[i : i + batch_size])]
-        if len(out) != len(samples.prompts):
-            raise ValueError(f"judge '{name}' returned {len(out)} scores for {len(samples.prompts)} responses")
         samples.scores[name] = np.asarray(out, dtype=float)
 
 

@@ -1,6 +1,7 @@
 """Batched sampling with a KV cache: temperature, top-k, top-p, per-row stop at EOS.
 
-Shapes: B batch, P prompt length (left-padded), N new tokens, V vocabulary.
+Shapes (the project's legend, ARCHITECTURE.md): B batch, P prompt tokens (left-padded), T response (new) tokens,
+V vocabulary.
 
 Prompts of different lengths share one batch by left padding: the attention mask hides the pads and position ids
 follow the mask, so every row gets the log-probs it would get alone. The log-prob returned for each sampled token
@@ -19,9 +20,9 @@ import torch.nn.functional as F
 from rlhf.model import GPT, KVCache
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
-    max_new_tokens: int = 48
+    max_new_tokens: int
     """longest response, in tokens"""
     temperature: float = 1.0
     """logits are divided by it; 0 means greedy"""
@@ -34,11 +35,11 @@ class SamplingConfig:
 @dataclass
 class Generation:
     tokens: torch.Tensor
-    """(B, N) sampled ids; pad after EOS"""
+    """(B, T) sampled ids; pad after EOS"""
     mask: torch.Tensor
-    """(B, N) 1.0 on response tokens up to and including EOS, 0.0 after"""
+    """(B, T) 1.0 on response tokens up to and including EOS, 0.0 after"""
     logprobs: torch.Tensor
-    """(B, N) log-prob of each sampled token under logits / temperature; 0 on padding"""
+    """(B, T) log-prob of each sampled token under logits / temperature; 0 on padding"""
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,31 +84,31 @@ def generate(
     the KV cache, logits of the last position only, and no attention mask at all when no prompt is padded.
     """
     B, P = prompt_ids.shape
-    N = cfg.max_new_tokens
-    if model.cfg.block_size < P + N:
-        raise ValueError(f"prompt of {P} tokens + {N} new tokens exceeds the context of {model.cfg.block_size}")
+    T = cfg.max_new_tokens
+    if model.cfg.block_size < P + T:
+        raise ValueError(f"prompt of {P} tokens + {T} new tokens exceeds the context of {model.cfg.block_size}")
     param = next(model.parameters())
     device = param.device
     # A model with its own cache type (rlhf.hf: HF's DynamicCache) provides it; the built-in GPT uses KVCache.
     new_cache = getattr(model, "new_cache", None)
-    cache = new_cache(B, P + N) if new_cache else KVCache(model.cfg, B, P + N, device, param.dtype)
+    cache = new_cache(B, P + T) if new_cache else KVCache(model.cfg, B, P + T, device, param.dtype)
     padded = not bool(prompt_mask.all())
-    key_mask = torch.ones(B, P + N, dtype=torch.long, device=device)  # (B, S_max); new tokens are always real
+    key_mask = torch.ones(B, P + T, dtype=torch.long, device=device)  # (B, S_max); new tokens are always real
     key_mask[:, :P] = prompt_mask
-    tokens = torch.full((B, N), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(B, N, device=device)
-    logprobs = torch.zeros(B, N, device=device)
+    tokens = torch.full((B, T), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(B, T, device=device)
+    logprobs = torch.zeros(B, T, device=device)
     alive = torch.ones(B, dtype=torch.bool, device=device)
     positions = prompt_mask.sum(1, keepdim=True) if padded else None  # (B, 1) position of the first new token
 
     logits = model(prompt_ids, attention_mask=prompt_mask if padded else None, cache=cache, last=1)[:, 0]
-    for t in range(N):
+    for t in range(T):
         next_tok, logp = _sample(logits, cfg, generator)  # (B,), (B,)
         tokens[:, t] = torch.where(alive, next_tok, pad_id)
         mask[:, t] = alive
         logprobs[:, t] = torch.where(alive, logp, 0.0)
         alive &= next_tok != eos_id
-        if t == N - 1 or not alive.any():
+        if t == T - 1 or not alive.any():
             break
         step_mask = key_mask[:, : P + t + 1] if padded else None
         step_pos = positions + t if padded else None

@@ -9,8 +9,9 @@ invalid directory is an error naming the path and the params key.
                         -> logits (B, T, V), like `GPT`; incremental decoding through HF's DynamicCache
     HFScalarHeadModel   the reward model / critic: the LM's body (`base_model`) + Linear(C, 1), like
                         `ScalarHeadModel`: forward -> (B, T) values, score(idx, mask) -> (B,)
-    HFChatTokenizer     AutoTokenizer with ChatTokenizer's interface: the tokenizer's chat template when it has
-                        one, else "User: {prompt}\\nAssistant: "; EOS its eos_token, pad its pad_token (or EOS)
+    HFChatTokenizer     AutoTokenizer with the interface of rlhf.backends.Tokenizer: the tokenizer's chat template
+                        when it has one, else "User: {prompt}\\nAssistant: "; EOS its eos_token, pad its pad_token
+                        (or EOS)
 
 Checkpoints stay the project's format (rlhf.checkpoint): model.safetensors holds this module's state_dict,
 config.json holds {"arch": "gpt" | "scalar", "backend": "hf", "model": HFModelConfig, "hf_config": the
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +33,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from rlhf.model import check_context, default_positions, last_token_index
-from rlhf.tokenizer import ChatTokenizer
+from rlhf.backends import Tokenizer
+from rlhf.model import check_context, default_positions, scalar_head
+from rlhf.padding import last_token_index
 
 PARAMS_KEY = "model.hf_path"
 PLAIN_PROMPT = "User: {prompt}\nAssistant: "
@@ -184,11 +185,7 @@ class HFScalarHeadModel(nn.Module):
         super().__init__()
         self.body = body
         self.cfg = cfg
-        self.head = nn.Linear(cfg.n_embd, 1)
-        # As ScalarHeadModel: reward head N(0, 1/sqrt(C+1)) (lm-human-preferences); a critic passes 0 for zeros.
-        std = 1 / math.sqrt(cfg.n_embd + 1) if head_std is None else head_std
-        nn.init.normal_(self.head.weight, std=std) if std > 0 else nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head = scalar_head(cfg.n_embd, head_std)
 
     def forward(
         self,
@@ -248,11 +245,10 @@ def from_checkpoint_config(config: dict[str, Any]) -> nn.Module:
         return HFCausalLM(body, cfg) if config["arch"] == "gpt" else HFScalarHeadModel(body, cfg)
 
 
-class HFChatTokenizer(ChatTokenizer):
+class HFChatTokenizer(Tokenizer):
     """An AutoTokenizer (fast) with the project's tokenizer interface and a chat format of its own."""
 
     def __init__(self, hf_tok: Any, where: str):
-        # ChatTokenizer.__init__ wants the project's own special tokens; an HF tokenizer brings its own.
         self.hf = hf_tok
         if hf_tok.eos_token_id is None:
             raise ValueError(f"{where}: the tokenizer has no eos_token; set one (tokenizer.eos_token = ...)")
@@ -317,9 +313,6 @@ class HFChatTokenizer(ChatTokenizer):
         else:
             text = PLAIN_PROMPT.format(prompt=prompt)
         return self.encode(text)
-
-    def encode_response(self, response: str) -> list[int]:
-        return [*self.encode(response), self.eos_id]
 
 
 def export_tokenizer(hf_path: str | Path, out: Path) -> HFChatTokenizer:

@@ -13,13 +13,15 @@ from collections.abc import Callable
 import torch
 
 from rlhf.model import ScalarHeadModel
+from rlhf.padding import right_pad
 from rlhf.tokenizer import ChatTokenizer
 
 Judge = Callable[[list[str], list[str]], list[float]]
 
 
 def load_judge(spec: str) -> Judge:
-    """ "module:function" -> the function, checked to be callable."""
+    """ "module:function" -> the function, checked to be callable, whose every answer is checked to be one
+    finite float per pair (`check_scores`)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"judge '{spec}': expected an import path 'package.module:function'")
@@ -30,7 +32,12 @@ def load_judge(spec: str) -> Judge:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"judge '{spec}': '{module_name}' has no callable '{attr}'")
-    return fn
+
+    def checked(prompts: list[str], responses: list[str]) -> list[float]:
+        # a user's judge is checked on every answer, here once, so no caller checks again
+        return check_scores(spec, fn(prompts, responses), len(prompts))
+
+    return checked
 
 
 def check_scores(spec: str, scores: list[float], n: int) -> list[float]:
@@ -52,13 +59,7 @@ def pack_pairs(
         (tokenizer.encode_prompt(p) + tokenizer.encode_response(r))[:block_size]
         for p, r in zip(prompts, responses, strict=True)
     ]
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), tokenizer.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), T, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
+    return right_pad(seqs, tokenizer.pad_id)
 
 
 class RewardModelJudge:

@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from rlhf import distributed
-from rlhf.checkpoint import fingerprint, load_training_state, resumable_meta, save_training_state, write_model
+from rlhf.checkpoint import fingerprint, load_resumable, save_resumable
 from rlhf.device import CPU, Runtime
-from rlhf.io import atomic_dir
 from rlhf.lm_data import IGNORE, Batch
 from rlhf.model import GPT
 from rlhf.progress import Progress
@@ -33,17 +32,17 @@ from rlhf.progress import Progress
 LogFn = Callable[[dict[str, float], int], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    steps: int = 1000
+    steps: int
     """optimizer steps"""
     batch_size: int = 32
     """sequences per step"""
-    lr: float = 1e-3
+    lr: float
     """peak learning rate"""
     min_lr_ratio: float = 0.1
     """the cosine decays to lr * min_lr_ratio"""
-    warmup_steps: int = 50
+    warmup_steps: int
     """linear warmup from 0 to lr"""
     weight_decay: float = 0.1
     """AdamW decay, applied to matrices only (not biases, LayerNorms)"""
@@ -51,7 +50,7 @@ class TrainConfig:
     """max global gradient norm (0: off)"""
     eval_every: int = 100
     """steps between held-out evaluations"""
-    checkpoint_every: int = 200
+    checkpoint_every: int
     """steps between resumable training states (0: never)"""
     seed: int = 0
     """seeds initialisation and batch order"""
@@ -183,21 +182,15 @@ def _step(
 
 
 def _save_state(model: GPT, opt: torch.optim.Optimizer, state_dir: Path, inputs: dict, step: int) -> None:
-    with atomic_dir(state_dir) as tmp:
-        write_model(tmp, model, None, {})
-        save_training_state(tmp, {"opt": opt}, {"step": step, "inputs": inputs})
+    save_resumable(state_dir, {"": model}, {"opt": opt}, {"step": step, "inputs": inputs})
 
 
 def _maybe_resume(
     model: GPT, opt: torch.optim.Optimizer, state_dir: Path, inputs: dict, name: str, start_over: Path
 ) -> int:
     """Restore model, optimizer and RNG from state_dir when it holds a state started from these inputs."""
-    from safetensors.torch import load_file
-
-    meta = resumable_meta(state_dir, inputs, start_over)
+    meta = load_resumable(state_dir, {"": model}, {"opt": opt}, inputs, start_over)
     if meta is None:
         return 0
-    model.load_state_dict(load_file(str(state_dir / "model.safetensors")))
-    load_training_state(state_dir, {"opt": opt})
     print(f"[{name}] resumed from {state_dir} at step {meta['step']}")
     return int(meta["step"])

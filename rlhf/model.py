@@ -20,14 +20,18 @@ follow the mask, so a left-padded prompt gives each row the same result as runni
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rlhf.backends import CausalLM, ScalarModel
+from rlhf.padding import has_left_pad, last_token_index
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class GPTConfig:
     vocab_size: int = 2048
     """tokens in the vocabulary (the tokenizer's size)"""
@@ -35,9 +39,9 @@ class GPTConfig:
     """longest sequence the model reads (prompt + response)"""
     n_layer: int = 4
     """transformer blocks"""
-    n_head: int = 4
+    n_head: int
     """attention heads per block"""
-    n_embd: int = 128
+    n_embd: int
     """residual stream width"""
     dropout: float = 0.0
     """dropout in training; RLHF stages run with 0 (dropout breaks ratio == 1 at PPO's first step)"""
@@ -242,6 +246,30 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def scalar_head(self, head_std: float | None = None) -> ScalarHeadModel:
+        """Brain surgery: a copy of this body with a fresh scalar head."""
+        model = ScalarHeadModel(self.cfg, head_std)
+        model.transformer.load_state_dict(self.transformer.state_dict())
+        return model
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        """config.json of a checkpoint of this model (rlhf.checkpoint)."""
+        return {"arch": "gpt", "model": asdict(self.cfg)}
+
+
+def scalar_head(n_embd: int, head_std: float | None = None) -> nn.Linear:
+    """A fresh Linear(C, 1) head (init_scalar_head)."""
+    head = nn.Linear(n_embd, 1)
+    init_scalar_head(head, head_std)
+    return head
+
+
+def init_scalar_head(head: nn.Linear, head_std: float | None = None) -> None:
+    """Reward head N(0, 1/sqrt(C+1)) as in lm-human-preferences, zero bias; a critic passes 0 for a zero head."""
+    std = 1 / math.sqrt(head.in_features + 1) if head_std is None else head_std
+    nn.init.normal_(head.weight, std=std) if std > 0 else nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+
 
 class ScalarHeadModel(nn.Module):
     """Body + Linear(C, 1): the reward model and the critic (the spec's "brain surgery")."""
@@ -252,19 +280,18 @@ class ScalarHeadModel(nn.Module):
         self.transformer = Transformer(cfg)
         self.head = nn.Linear(cfg.n_embd, 1)
         _init_weights(self, cfg.n_layer)
-        # Reward head N(0, 1/sqrt(C+1)) as in lm-human-preferences; a critic passes 0 for a zero head.
-        std = 1 / math.sqrt(cfg.n_embd + 1) if head_std is None else head_std
-        nn.init.normal_(self.head.weight, std=std) if std > 0 else nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        init_scalar_head(self.head, head_std)
 
-    @classmethod
-    def from_lm(cls, lm: GPT, head_std: float | None = None) -> ScalarHeadModel:
-        """Brain surgery: keep the LM's body, drop its LM head, add a fresh scalar head."""
-        if hasattr(lm, "scalar_head"):  # a Hugging Face LM (rlhf.hf) does its own surgery
-            return lm.scalar_head(head_std)
-        model = cls(lm.cfg, head_std)
-        model.transformer.load_state_dict(lm.transformer.state_dict())
-        return model
+    @staticmethod
+    def from_lm(lm: CausalLM, head_std: float | None = None) -> ScalarModel:
+        """Brain surgery: keep the LM's body, drop its LM head, add a fresh scalar head (each backend's own)."""
+        return lm.scalar_head(head_std)
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {"arch": "scalar", "model": asdict(self.cfg)}
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
 
     def forward(
         self,
@@ -304,15 +331,3 @@ def normalise_head(model: nn.Module, mean: float, std: float) -> nn.Module:
         model.head.weight.div_(std)
         model.head.bias.sub_(mean).div_(std)
     return model
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) mask -> (B,) index of the last position whose mask is 1."""
-    T = attention_mask.shape[1]
-    pos = torch.arange(T, device=attention_mask.device)
-    return torch.where(attention_mask.bool(), pos, -1).amax(dim=1).clamp(min=0)
-
-
-def has_left_pad(attention_mask: torch.Tensor) -> bool:
-    """(B, T) mask -> whether any row starts with padding (right padding needs no mask under causal attention)."""
-    return bool((attention_mask[:, 0] == 0).any())

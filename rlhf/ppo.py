@@ -3,7 +3,7 @@
 No models, no optimiser, no I/O: every function maps tensors to tensors so it can be tested against a plain
 reference (a loop, float64, the spec's worked numbers). The training loop lives elsewhere.
 
-Shapes legend (the same letters everywhere):
+Shapes (the project's legend, ARCHITECTURE.md):
     B  batch (number of responses)
     T  response tokens (the response part only; padding after EOS is on the right)
     V  vocabulary size
@@ -17,9 +17,12 @@ returns, pg_loss, vf_loss, pg_clipfrac, vf_clipfrac, approxkl. Spec = shared/spe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from rlhf.padding import last_valid_index
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -38,45 +41,55 @@ def _bool_mask(mask: Tensor, x: Tensor) -> Tensor:
         raise ValueError(f"mask does not fit the tensor it masks: {shapes}") from e
 
 
-def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+Reduce = Callable[[Tensor], Tensor]
+"""Sums a float64 tensor over every process (DDP: rlhf.distributed.all_reduce_sum); None in one process."""
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None, reduce: Reduce | None = None) -> Tensor:
     """Mean of `x` over entries where `mask` is set; (B, T) -> () or, with `dim`, reduced along `dim`.
 
     Uses `where` rather than `x * mask` so NaN/inf in padding cannot leak in (0 * inf = NaN). An empty
     selection gives 0 (TRL gives NaN): an all-padding row then adds nothing instead of poisoning a loss.
+    With `reduce` the mean is over every process's valid entries (one float64 all-reduce of sum and count).
     """
     m = _bool_mask(mask, x)
     x_valid = torch.where(m, x, torch.zeros_like(x))
+    if reduce is not None:
+        if dim is not None:
+            raise ValueError("masked_mean: a reduction over processes is of the whole tensor (dim=None)")
+        total = reduce(torch.stack([x_valid.sum().double(), m.sum().double()]))
+        return (total[0] / total[1].clamp(min=1)).to(x.dtype)
     if dim is None:
         return x_valid.sum() / m.sum().clamp(min=1)
     return x_valid.sum(dim) / m.sum(dim).clamp(min=1)
 
 
-def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
-    """Variance of `x` over the valid entries; (B, T) -> ().
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True, reduce: Reduce | None = None) -> Tensor:
+    """Variance of `x` over the valid entries (of every process, with `reduce`); (B, T) -> ().
 
     Unbiased (Bessel-corrected, divides by n - 1) by default, as TRL's `masked_var`; OpenAI's TensorFlow
     lm-human-preferences used the biased one. They differ by a factor n / (n - 1), negligible at batch scale.
     """
     m = _bool_mask(mask, x)
-    n = int(m.sum())
+    n = int(m.sum()) if reduce is None else int(reduce(m.sum().double()))
     if n == 0 or (unbiased and n == 1):
         raise ValueError(
             f"masked_var needs at least {2 if unbiased else 1} valid entries, got {n}: "
             "check the mask (is every response empty?) or use a larger batch"
         )
-    centered = x - masked_mean(x, m)
-    var = masked_mean(centered**2, m)
+    centered = x - masked_mean(x, m, reduce=reduce)
+    var = masked_mean(centered**2, m, reduce=reduce)
     return var * (n / (n - 1)) if unbiased else var
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, reduce: Reduce | None = None) -> Tensor:
     """Normalise `x` to mean 0, (unbiased) variance 1 over valid entries; (B, T) -> (B, T), 0 on padding.
 
     With `shift_mean=False` the original mean is kept (only the scale changes), as TRL does for rewards.
     The 1e-8 under the square root is TRL's; unlike TRL we zero padding here rather than in the caller.
     """
     m = _bool_mask(mask, x)
-    mean, var = masked_mean(x, m), masked_var(x, m)
+    mean, var = masked_mean(x, m, reduce=reduce), masked_var(x, m, reduce=reduce)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -133,12 +146,6 @@ def per_token_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator
     log_ratio = torch.where(m, logprobs - ref_logprobs, 0.0)  # garbage in padding cannot reach expm1
     kl = log_ratio if estimator == "k1" else torch.expm1(-log_ratio) + log_ratio
     return torch.where(m, kl, torch.zeros_like(kl))
-
-
-def last_valid_index(mask: Tensor) -> Tensor:
-    """Index of the last valid token in each row; (B, T) -> (B,) long, -1 for a row with no valid token."""
-    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)  # (B, T)
-    return torch.where(mask.bool(), positions, -1).amax(dim=1)
 
 
 def kl_penalized_rewards(
@@ -253,16 +260,16 @@ def value_loss(
     return loss, {"vf_clipfrac": clipfrac}
 
 
-def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor, reduce: Reduce | None = None) -> float:
     """1 - Var(R - V) / Var(R) over valid tokens; 1 is a perfect critic, 0 no better than a constant.
 
     nan when the returns have no variance (CleanRL's convention). values, returns, mask (B, T) -> float.
     """
     with torch.no_grad():
-        var_returns = masked_var(returns, mask, unbiased=False)
+        var_returns = masked_var(returns, mask, unbiased=False, reduce=reduce)
         if float(var_returns) == 0.0:
             return float("nan")
-        return float(1.0 - masked_var(returns - values, mask, unbiased=False) / var_returns)
+        return float(1.0 - masked_var(returns - values, mask, unbiased=False, reduce=reduce) / var_returns)
 
 
 def total_loss(pg_loss: Tensor, vf_loss: Tensor, entropy: Tensor, vf_coef: float, ent_coef: float) -> Tensor:

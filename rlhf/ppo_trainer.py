@@ -8,7 +8,7 @@ scalar head), the reference (frozen SFT) and the reward source (frozen reward mo
   4. advantage   critic values, GAE over valid tokens, returns = A + V, advantages whitened over valid tokens
   5. learn       E epochs × minibatches of clipped policy loss + value loss − entropy bonus, clipped grads
   6. KL control  fixed β, or Ziegler et al.'s adaptive controller
-Shapes: B rollouts, N response tokens.
+Shapes (the project's legend, ARCHITECTURE.md): B rollouts, T response tokens.
 
 Under torchrun (`rlhf.distributed`) each rank rolls out its own contiguous share of the iteration's prompts with
 its own sampling seed, the frozen models score its share, advantages are whitened with the mean and variance of
@@ -36,9 +36,11 @@ from rlhf.model import GPT, ScalarHeadModel, disable_dropout
 from rlhf.ppo import (
     AdaptiveKLController,
     FixedKLController,
+    explained_variance,
     gae,
     kl_penalized_rewards,
     masked_mean,
+    masked_whiten,
     per_token_kl,
     policy_loss,
     total_loss,
@@ -51,7 +53,7 @@ LogFn = Callable[[dict[str, float], int], None]
 ScoreFn = Callable[[Rollout], torch.Tensor]  # raw reward (B,) of a rollout
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PPOConfig:
     iterations: int = 40
     """rollout + learning rounds"""
@@ -61,11 +63,11 @@ class PPOConfig:
     """minibatches per epoch (batch_size must divide evenly)"""
     ppo_epochs: int = 4
     """passes over each static batch"""
-    lr: float = 5e-5
+    lr: float
     """actor learning rate (annealed linearly to 0 over the run)"""
-    critic_lr: float = 1e-4
+    critic_lr: float
     """critic learning rate (annealed likewise)"""
-    max_new_tokens: int = 48
+    max_new_tokens: int
     """longest response"""
     temperature: float = 1.0
     """rollout temperature; training divides logits by the same value"""
@@ -188,6 +190,8 @@ def make_experience(
     Returns the static batch and its stats (reduced over ranks: the same on every rank).
     """
     timings: dict[str, float] = {}
+    reduce = distributed.reducer()  # under DDP the masked statistics are over every rank's tokens
+    # 1. rollout: this rank's prompts, sampled by the current policy at the rollout temperature
     t = time.perf_counter()
     device, amp = next(state.actor.parameters()).device, state.runtime.autocast
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
@@ -216,7 +220,7 @@ def make_experience(
     ro.rewards = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, beta, cfg.kl_estimator)
     # 4. advantages over valid tokens only; returns from the raw advantages; then whiten (TRL's order)
     advantages, ro.returns = gae(ro.rewards, ro.values * ro.mask, ro.mask, cfg.gamma, cfg.lam)
-    ro.advantages = distributed.masked_whiten(advantages, ro.mask)  # mean and variance over every rank's tokens
+    ro.advantages = masked_whiten(advantages, ro.mask, reduce=reduce)  # mean, variance over every rank's tokens
     kl_tokens = per_token_kl(ro.logprobs, ro.ref_logprobs, ro.mask, "k1")
     # Per-rollout means reduce exactly (equal shares); token means are global already.
     stats = {
@@ -226,8 +230,8 @@ def make_experience(
         "objective/kl_coef": beta,
         "objective/non_eos_frac": float((~eos).float().mean()),
         "ppo/mean_response_length": float(ro.mask.sum(1).mean()),
-        "ppo/returns_mean": float(distributed.masked_mean(ro.returns, ro.mask)),
-        "ppo/val/values_mean": float(distributed.masked_mean(ro.values, ro.mask)),
+        "ppo/returns_mean": float(masked_mean(ro.returns, ro.mask, reduce=reduce)),
+        "ppo/val/values_mean": float(masked_mean(ro.values, ro.mask, reduce=reduce)),
         **timings,
     }
     return ro, distributed.all_reduce_mean(stats)
@@ -334,11 +338,12 @@ def ppo_iteration(
     t0 = time.perf_counter()
     batch = distributed.shard(iteration_prompts(prompts, cfg, state.iteration))  # this rank's prompts
     ro, stats = make_experience(state, ref, score_fn, tok, batch, cfg)
+    # 5. learning: ppo_epochs passes of clipped policy and value losses over minibatches of the static batch
     t = time.perf_counter()
     stats |= learn(state, ro, cfg, lr_frac=1.0 - state.iteration / cfg.iterations)
     stats["time/update"] = time.perf_counter() - t
     with torch.no_grad():
-        stats["ppo/val/explained_var"] = distributed.explained_variance(ro.values, ro.returns, ro.mask)
+        stats["ppo/val/explained_var"] = explained_variance(ro.values, ro.returns, ro.mask, distributed.reducer())
     # 6. KL control: the controller sees the mean KL per response of this batch
     state.kl_ctl.update(stats["objective/kl"], cfg.batch_size)
     state.iteration += 1

@@ -27,20 +27,21 @@ from rlhf import distributed
 from rlhf.device import CPU, Runtime
 from rlhf.lm_train import TrainConfig as _Schedule
 from rlhf.lm_train import lr_at, make_optimizer
-from rlhf.model import ScalarHeadModel, last_token_index
+from rlhf.model import ScalarHeadModel
+from rlhf.padding import last_token_index, right_pad
 from rlhf.progress import Progress
 from rlhf.tokenizer import ChatTokenizer
 
 LogFn = Callable[[dict[str, float], int], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RMConfig:
     epochs: int = 2
     """passes over the training pairs (early stopping may end sooner)"""
     batch_size: int = 32
     """pairs per step"""
-    lr: float = 3e-4
+    lr: float
     """peak learning rate"""
     warmup_steps: int = 20
     """linear warmup"""
@@ -48,9 +49,9 @@ class RMConfig:
     """AdamW decay on matrices"""
     grad_clip: float = 1.0
     """max gradient norm"""
-    eval_every: int = 50
+    eval_every: int
     """steps between held-out evaluations"""
-    patience: int = 4
+    patience: int
     """stop after this many evaluations without a better held-out loss; the best weights are kept"""
     seed: int = 0
     """batch order"""
@@ -104,14 +105,7 @@ def split(df: pd.DataFrame, val_frac: float) -> tuple[pd.DataFrame, pd.DataFrame
 
 def pair_batch(chosen: list[list[int]], rejected: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """B pairs -> ids (2B, T) and mask (2B, T), right-padded: rows 0..B-1 chosen, B..2B-1 rejected."""
-    seqs = chosen + rejected
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), T, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
+    return right_pad(chosen + rejected, pad_id)
 
 
 def pair_wins(m: torch.Tensor) -> torch.Tensor:
@@ -178,7 +172,7 @@ def train_reward_model(
     net = distributed.wrap(model)
     per_epoch = max(1, len(train) // cfg.batch_size)
     steps = per_epoch * cfg.epochs
-    schedule = _Schedule(steps=steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=0.0)
+    schedule = _Schedule(steps=steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, checkpoint_every=0, min_lr_ratio=0.0)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     best = {"loss": math.inf}

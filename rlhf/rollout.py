@@ -1,24 +1,23 @@
 """PPO's experience: sample responses, score them, and the forward passes of the four models.
 
-Shapes: B rollouts, P prompt tokens (left-padded), N response tokens (right-padded after EOS), V vocabulary.
-A full sequence is `[prompt | response]` of P + N tokens with mask `[prompt_mask | response_mask]`.
+Shapes (the project's legend, ARCHITECTURE.md): B rollouts, P prompt tokens (left-padded), T response tokens
+(right-padded after EOS), V vocabulary.
+A full sequence is `[prompt | response]` of P + T tokens with mask `[prompt_mask | response_mask]`.
 The log-prob of response token t and the critic's value of the state before it are both read at position
 P - 1 + t: the hidden state that predicts token t (TRL and lm-human-preferences index the same way).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
 
 from rlhf.generate import SamplingConfig, generate
-from rlhf.model import GPT, ScalarHeadModel, has_left_pad
+from rlhf.model import GPT, ScalarHeadModel
+from rlhf.padding import has_left_pad
 from rlhf.ppo import entropy_from_logits, logprobs_from_logits
 from rlhf.tokenizer import ChatTokenizer
-
-RewardFn = Callable[["Rollout"], torch.Tensor]
 
 
 @dataclass
@@ -27,25 +26,25 @@ class Rollout:
 
     prompt_ids: torch.Tensor  # (B, P)
     prompt_mask: torch.Tensor  # (B, P)
-    responses: torch.Tensor  # (B, N)
-    mask: torch.Tensor  # (B, N) float, 1 on response tokens up to and including EOS
+    responses: torch.Tensor  # (B, T)
+    mask: torch.Tensor  # (B, T) float, 1 on response tokens up to and including EOS
     prompts: list[str]
-    logprobs: torch.Tensor | None = None  # (B, N) under π_old
-    ref_logprobs: torch.Tensor | None = None  # (B, N) under π_ref
-    values: torch.Tensor | None = None  # (B, N) critic at rollout time
+    logprobs: torch.Tensor | None = None  # (B, T) under π_old
+    ref_logprobs: torch.Tensor | None = None  # (B, T) under π_ref
+    values: torch.Tensor | None = None  # (B, T) critic at rollout time
     scores: torch.Tensor | None = None  # (B,) normalised reward (with EOS penalty)
     raw_scores: torch.Tensor | None = None  # (B,) reward source's score before normalisation
-    rewards: torch.Tensor | None = None  # (B, N) KL-penalised
-    advantages: torch.Tensor | None = None  # (B, N) whitened
-    returns: torch.Tensor | None = None  # (B, N)
+    rewards: torch.Tensor | None = None  # (B, T) KL-penalised
+    advantages: torch.Tensor | None = None  # (B, T) whitened
+    returns: torch.Tensor | None = None  # (B, T)
 
     @property
     def ids(self) -> torch.Tensor:
-        return torch.cat([self.prompt_ids, self.responses], 1)  # (B, P + N)
+        return torch.cat([self.prompt_ids, self.responses], 1)  # (B, P + T)
 
     @property
     def attention_mask(self) -> torch.Tensor:
-        return torch.cat([self.prompt_mask, self.mask.long()], 1)  # (B, P + N)
+        return torch.cat([self.prompt_mask, self.mask.long()], 1)  # (B, P + T)
 
     def model_mask(self) -> torch.Tensor | None:
         """The mask to give a model: None when no prompt is left-padded, as plain causal attention is then exact
@@ -87,20 +86,20 @@ def sample_rollout(
 def policy_forward(
     actor: GPT, ro: Rollout, temperature: float, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (B, N) of the sampled response tokens under logits / temperature; entropy (B, N) if asked.
+    """Log-probs (B, T) of the sampled response tokens under logits / temperature; entropy (B, T) if asked.
 
     Dividing by the sampling temperature here as in the rollout is what makes the ratio exactly 1 at the first
     minibatch (ppo-details: "divide logits by the sampling temperature both when rolling out and in training").
     """
-    N = ro.responses.shape[1]
-    # Logits only where they are read: positions P-1 .. P+N-2 (the last N+1 but the final one).
-    logits = actor(ro.ids, attention_mask=ro.model_mask(), last=N + 1)[:, :-1] / temperature  # (B, N, V)
+    T = ro.responses.shape[1]
+    # Logits only where they are read: positions P-1 .. P+T-2 (the last T+1 but the final one).
+    logits = actor(ro.ids, attention_mask=ro.model_mask(), last=T + 1)[:, :-1] / temperature  # (B, T, V)
     logprobs = logprobs_from_logits(logits, ro.responses)
     return logprobs, entropy_from_logits(logits) if with_entropy else None
 
 
 def value_forward(critic: ScalarHeadModel, ro: Rollout) -> torch.Tensor:
-    """Critic values (B, N) of the states before each response token, fp32 (also under bf16 autocast)."""
+    """Critic values (B, T) of the states before each response token, fp32 (also under bf16 autocast)."""
     P = ro.prompt_ids.shape[1]
     return critic(ro.ids, attention_mask=ro.model_mask())[:, P - 1 : -1].float()
 

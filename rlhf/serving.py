@@ -17,6 +17,9 @@ from rlhf.tokenizer import ChatTokenizer, find_control
 
 MAX_ROWS = 256
 """rows per request: more is a batch job, not a request"""
+DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "temperature": 0.7, "top_p": 1.0, "seed": 0}
+"""the served actor's sampling params when a request gives none: the pipeline's generation length and evaluation
+temperature (params.yaml `evaluate`; tests/test_params.py holds them equal), cut to the model's context"""
 
 
 class RequestError(ValueError):

@@ -10,12 +10,14 @@ The format, used by SFT, the reward model, PPO and evaluation alike:
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as BPE
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from rlhf.backends import Tokenizer
 
 PAD, EOS, USER, ASSISTANT = "<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>"
 SPECIAL_TOKENS = [PAD, EOS, USER, ASSISTANT]  # ids 0..3, in this order
@@ -43,7 +45,7 @@ def find_control(text: str, controls: Iterable[str] = SPECIAL_TOKENS) -> str | N
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> ChatTokenizer:
     """Train a byte-level BPE of `vocab_size` tokens (specials included) on an iterator of texts."""
-    tok = Tokenizer(models.BPE())
+    tok = BPE(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -56,10 +58,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> ChatTokenizer:
     return ChatTokenizer(tok)
 
 
-class ChatTokenizer:
-    """A `tokenizers.Tokenizer` plus the special ids and the chat format."""
+class ChatTokenizer(Tokenizer):
+    """The built-in tokenizer: a byte-level BPE `tokenizers.Tokenizer`, the special ids and the chat format."""
 
-    def __init__(self, tok: Tokenizer):
+    def __init__(self, tok: BPE):
         self.tok = tok
         ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
         if None in ids:
@@ -67,9 +69,10 @@ class ChatTokenizer:
         self.pad_id, self.eos_id, self.user_id, self.assistant_id = ids
 
     @classmethod
-    def load(cls, path: str | Path) -> ChatTokenizer:
-        """tokenizer.json, or a directory holding it. Beside a tokenizer_config.json it is a Hugging Face
-        tokenizer (params `model.hf_path`), loaded as rlhf.hf.HFChatTokenizer with its own chat format."""
+    def load(cls, path: str | Path) -> Tokenizer:
+        """The one tokenizer loader: tokenizer.json, or a directory holding it. Beside a tokenizer_config.json it
+        is a Hugging Face tokenizer (params `model.hf_path`), loaded as rlhf.hf.HFChatTokenizer with its own chat
+        format (rlhf.hf does not import this module: no cycle)."""
         path = Path(path)
         folder = path if path.is_dir() else path.parent
         if (folder / HF_TOKENIZER_CONFIG).is_file():
@@ -80,7 +83,7 @@ class ChatTokenizer:
             path = path / "tokenizer.json"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no tokenizer file (run the tokenizer stage first)")
-        return cls(Tokenizer.from_file(str(path)))
+        return cls(BPE.from_file(str(path)))
 
     def save(self, path: str | Path) -> None:
         from rlhf.io import write_text
@@ -90,12 +93,6 @@ class ChatTokenizer:
     @property
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
-
-    @functools.cached_property
-    def max_token_chars(self) -> int:
-        """The most characters one token can stand for: a byte-level token's string has one character per byte,
-        and text has at most as many characters as bytes (a bound on a text's tokens without encoding it)."""
-        return max(len(t) for t in self._vocab())
 
     def _vocab(self) -> Iterable[str]:
         return self.tok.get_vocab()
@@ -117,20 +114,6 @@ class ChatTokenizer:
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return [self.user_id, *self.encode(prompt), self.assistant_id]
-
-    def encode_response(self, response: str) -> list[int]:
-        return [*self.encode(response), self.eos_id]
-
-    def decode_response(self, ids: Iterable[int]) -> str:
-        """Response ids -> text, stopping at the first EOS and dropping pads and any other control token (a
-        sampled `<|user|>` would otherwise become text that the gate refuses and that re-encodes as a marker)."""
-        out = []
-        for i in ids:
-            if i == self.eos_id:
-                break
-            if i != self.pad_id:
-                out.append(i)
-        return self.decode_plain(out)
 
     def decode_plain(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)

@@ -12,14 +12,10 @@ refused before any generation with HTTP 400 and a one-line reason (rlhf.serving)
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
 import mlflow
-
-DEFAULTS: dict[str, Any] = {"max_new_tokens": 48, "temperature": 0.7, "top_p": 1.0, "seed": 0}
 
 
 class ActorModel(mlflow.pyfunc.PythonModel):
@@ -51,7 +47,7 @@ class ActorModel(mlflow.pyfunc.PythonModel):
         if "prompt" not in model_input.columns:
             raise serving.RequestError(f"the actor needs a 'prompt' column; got columns {list(model_input.columns)}")
         block = self.model.cfg.block_size
-        defaults = {**DEFAULTS, "max_new_tokens": min(DEFAULTS["max_new_tokens"], block)}  # as the signature's
+        defaults = {**serving.DEFAULTS, "max_new_tokens": min(serving.DEFAULTS["max_new_tokens"], block)}
         sampling, seed = serving.sampling({**defaults, **{k: v for k, v in params.items() if v is not None}}, block)
         prompts = serving.texts(model_input["prompt"].tolist(), "prompt", self.tokenizer, block)
         # Prompt + response must fit the context: shorten the response rather than fail the request.

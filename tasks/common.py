@@ -11,6 +11,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from rlhf.io import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+_ABSENT = object()
 
 
 def params_path() -> Path:
@@ -98,15 +100,9 @@ RANGES: dict[str, Range] = {
     **dict.fromkeys(["gamma", "lam", "min_lr_ratio"], SHARE),
     **dict.fromkeys(["heldout_frac", "val_frac", "dropout"], FRACTION),
     "labeler_length_bias": FINITE,
+    "beta": POSITIVE,
+    "label_smoothing": Range(0, 0.5, hi_open=True),
 }
-
-
-def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
-    """Build the dataclass `cls` from params[name]; unknown or missing keys are errors that name the file."""
-    raw = params.get(name)
-    if raw is None:
-        raise ParamError(f"{params_path()}: no section '{name}'")
-    return build_dataclass(cls, raw, where=f"{params_path()}:{name}")
 
 
 def build_dataclass(cls: type[T], raw: dict[str, Any], where: str) -> T:
@@ -119,6 +115,10 @@ def build_dataclass(cls: type[T], raw: dict[str, Any], where: str) -> T:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ParamError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    required = [n for n, f in fields.items() if f.default is MISSING and f.default_factory is MISSING]
+    missing = sorted(set(required) - set(raw))
+    if missing:
+        raise ParamError(f"{where}: missing key(s) {missing} (params.yaml holds their values; no default stands in)")
     hints = typing.get_type_hints(cls)
     kwargs = {key: _checked(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
     for key, value in kwargs.items():
@@ -184,10 +184,12 @@ def resume_inputs(params: dict[str, Any], files: list[str]) -> dict[str, Any]:
     return {"params": params, "sha256": {f: file_hash(path(f)) for f in files}}
 
 
-def cli(description: str) -> argparse.Namespace:
-    """The common command line of a stage: `python -m tasks.<stage> [--params FILE]`."""
-    parser = argparse.ArgumentParser(description=description)
+def cli(description: str, add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The common command line of a stage: `python -m tasks.<stage> [--params FILE]`, and its own options."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=None, help="params file (default: params.yaml)")
+    if add_args is not None:
+        add_args(parser)
     args = parser.parse_args()
     if args.params is not None:
         os.environ["RLHF_PARAMS"] = str(args.params.resolve())
@@ -213,3 +215,101 @@ def stage_main(main: Callable[[], Any]) -> Callable[[], Any]:
             sys.exit(2)
 
     return wrapped
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeParams:
+    """The `runtime` section: where the stages that run a model run (tasks/stage.py opens it)."""
+
+    device: str = "auto"
+    """auto (CUDA when a GPU is visible) | cpu | cuda"""
+    precision: str = "auto"
+    """auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16"""
+    nproc_per_node: int = 1
+    """training processes on this node (one per GPU); above 1 a training stage relaunches itself under torchrun"""
+
+
+class Params:
+    """params.yaml as a stage reads it: each section or dotted key it asks for is checked and remembered."""
+
+    def __init__(self, raw: dict[str, Any]):
+        self.raw = raw
+        self.read: list[str] = []
+
+    def section(self, name: str, cls: type[T]) -> T:
+        """The section `name` as the dataclass `cls` (unknown or missing keys and bad values are ParamErrors)."""
+        self._note(name)
+        raw = self.raw.get(name)
+        if raw is None:
+            raise ParamError(f"{params_path()}: no section '{name}'")
+        return build_dataclass(cls, raw, where=f"{params_path()}:{name}")
+
+    def value(self, dotted: str) -> Any:
+        """The value at `section.key` (a ParamError naming it when absent)."""
+        self._note(dotted)
+        node: Any = self.raw
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ParamError(f"{params_path()}: no key '{dotted}'")
+            node = node[part]
+        return node
+
+    def runtime(self) -> RuntimeParams:
+        """The `runtime` section: device, precision, processes per node (its defaults, which are params.yaml's,
+        for a params file written before the section existed)."""
+        self._note("runtime")
+        return build_dataclass(RuntimeParams, self.raw.get("runtime") or {}, f"{params_path()}:runtime")
+
+    def logged(self) -> dict[str, Any]:
+        """What the stage read, as its MLflow params: {"sft": {...}, "judge.gold": "..."}."""
+        out: dict[str, Any] = {}
+        for key in self.read:
+            node: Any = self.raw
+            for part in key.split("."):
+                node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+            if node is not _ABSENT:  # an absent optional section (runtime) is logged by nothing
+                out[key] = node
+        return out
+
+    def _note(self, key: str) -> None:
+        if key not in self.read:
+            self.read.append(key)
+
+
+def entry(
+    description: str,
+    run: Callable[..., Any],
+    *,
+    add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+    before: Callable[[dict[str, Any]], None] | None = None,
+) -> Callable[[], None]:
+    """A stage's `main`: `python -m tasks.<stage> [--params FILE]` and the options `add_args` declares, passed to
+    `run(params, **options)`; a user's error is one line on stderr, exit 2 (stage_main). The metrics are printed
+    by rank 0 (torchrun's RANK: the process group is gone by then)."""
+
+    @stage_main
+    def main() -> None:
+        extra = {k: v for k, v in vars(cli(description, add_args)).items() if k != "params"}
+        params = load_params()
+        if before is not None:
+            before(params)
+        metrics = run(params, **extra)
+        if os.environ.get("RANK", "0") == "0":
+            print(metrics, flush=True)
+
+    return main
+
+
+def model_free_entry(stage: str, description: str, configure: Callable[[Params], T], run: Callable[[T], Any]):
+    """The `main` of a stage that runs no model (world, prepare, tokenizer): its params read once by `configure`,
+    then `run(config)` inside the stage's MLflow run, which logs what `configure` read."""
+
+    def configured(params: dict[str, Any]) -> Any:
+        from tasks import tracking  # tracking imports this module
+
+        p = Params(params)
+        cfg = configure(p)
+        with tracking.stage_run(stage, p.logged()):
+            return run(cfg)
+
+    return entry(description, configured)

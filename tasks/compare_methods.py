@@ -15,10 +15,13 @@ import json
 import os
 from typing import Any
 
+import torch
+
 from rlhf.io import write_json, write_text
 from tasks import evaluate
-from tasks.common import cli, load_params, path, stage_main
+from tasks.common import Params, path
 from tasks.plots import plot_methods
+from tasks.stage import entry, lifecycle
 
 OUT = "reports/compare"
 WIN = ("win_rate", "ci_low", "ci_high", "n")
@@ -34,10 +37,21 @@ def method_summary(vs_sft: dict[str, Any], train: dict[str, Any]) -> dict[str, A
     return {**out, "kl": vs_sft["kl"], "length": vs_sft["length"]["candidate"], "seconds": train["seconds"]}
 
 
+configure = evaluate.configure  # the evaluate stage's params, judge and runtime: the methods are judged alike
+
+
 def run(params: dict) -> dict:
-    eval_dpo = evaluate.run(params, candidate="models/dpo", baseline="models/sft", out=f"{OUT}/dpo_vs_sft")
-    write_json(path("metrics/eval_dpo.json"), eval_dpo)
-    head = evaluate.run(params, candidate="models/ppo/actor", baseline="models/dpo", out=f"{OUT}/ppo_vs_dpo")
+    p = Params(params)
+    conf = configure(p)
+    with torch.no_grad(), lifecycle("compare_methods", p, conf.runtime, ddp=False) as ctx:
+        eval_dpo = evaluate.evaluate(conf, ctx, "models/dpo", "models/sft", f"{OUT}/dpo_vs_sft")
+        write_json(path("metrics/eval_dpo.json"), eval_dpo)
+        head = evaluate.evaluate(conf, ctx, "models/ppo/actor", "models/dpo", f"{OUT}/ppo_vs_dpo")
+    return summarise(eval_dpo, head)
+
+
+def summarise(eval_dpo: dict[str, Any], head: dict[str, Any]) -> dict[str, Any]:
+    """The two methods side by side (metrics/compare_methods.json, its report and plot)."""
     judge = "gold" if "gold" in head else "rm"
     rm_metrics, dpo_metrics = _read("metrics/reward_model.json"), _read("metrics/dpo.json")
     ppo = method_summary(_read("metrics/eval.json"), _read("metrics/ppo.json"))
@@ -99,10 +113,7 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@stage_main
-def main() -> None:
-    cli(__doc__)  # --params
-    print(json.dumps(run(load_params()), indent=2))
+main = entry("tasks.compare_methods", __doc__, run, ddp=False)
 
 
 if __name__ == "__main__":

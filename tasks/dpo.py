@@ -11,30 +11,42 @@ rank 0 alone writes.
 
 from __future__ import annotations
 
-import shutil
-import time
+from dataclasses import dataclass
 
 import pandas as pd
 
-from rlhf import distributed
 from rlhf.checkpoint import fingerprint, load_model, resumable_meta, save_model
-from rlhf.device import peak_memory_mb
 from rlhf.dpo import DPOConfig, train_dpo
 from rlhf.reward import encode_frame, split
 from rlhf.tokenizer import ChatTokenizer
-from tasks import launch
-from tasks.common import ParamError, build_dataclass, path, resume_inputs, stage_main, write_metrics
+from tasks.common import ParamError, Params, RuntimeParams, path, resume_inputs, write_metrics
+from tasks.stage import entry, lifecycle
 
 SFT = "models/sft"
 PAIRS = "data/preferences/pairs.parquet"
 STATE = "state/dpo"
 
 
-def run(params: dict) -> dict:
-    cfg = build_dataclass(DPOConfig, params["dpo"], "params.yaml:dpo")  # bad params fail before any model loads
-    val_frac = (params.get("reward_model") or {}).get("val_frac")  # the reward model's held-out prompts
+@dataclass(frozen=True)
+class Config:
+    dpo: DPOConfig
+    val_frac: float
+    """the reward model's held-out share: DPO holds out the very same prompts"""
+    runtime: RuntimeParams
+
+
+def configure(p: Params) -> Config:
+    cfg = p.section("dpo", DPOConfig)
+    val_frac = p.value("reward_model.val_frac")
     if not isinstance(val_frac, (int, float)) or not 0 < val_frac < 1:
         raise ParamError(f"params.yaml:reward_model.val_frac must be a number in (0, 1) for DPO, got {val_frac!r}")
+    return Config(cfg, float(val_frac), p.runtime())
+
+
+def run(params: dict) -> dict:
+    p = Params(params)
+    conf = configure(p)  # bad params fail before any model loads
+    cfg, val_frac = conf.dpo, conf.val_frac
     tok = ChatTokenizer.load(path(SFT))
     sft = load_model(path(SFT), arch="gpt")
     train_df, val_df = split(pd.read_parquet(path(PAIRS)), val_frac)
@@ -44,57 +56,51 @@ def run(params: dict) -> dict:
             f"reward_model.val_frac={val_frac}; DPO needs both (more pairs, or another val_frac)"
         )
     train, val = encode_frame(tok, train_df, sft.cfg.block_size), encode_frame(tok, val_df, sft.cfg.block_size)
-    logged = {"dpo": params["dpo"], "runtime": params.get("runtime", {})}
     inputs = resume_inputs(
-        {"dpo": params["dpo"], "reward_model.val_frac": val_frac}, [f"{SFT}/model.safetensors", PAIRS]
+        {"dpo": params["dpo"], "reward_model.val_frac": params["reward_model"]["val_frac"]},
+        [f"{SFT}/model.safetensors", PAIRS],
     )
     resumable_meta(path(STATE) / "checkpoint", fingerprint(cfg, inputs), path(STATE))  # refuse before any work
-    with launch.session(params) as rt:
+    with lifecycle("dpo", p, conf.runtime, state_dir=path(STATE)) as ctx:
+        rt, tr = ctx.rt, ctx.tracker
         model = sft.to(rt.device)
         reference = load_model(path(SFT), arch="gpt").to(rt.device).eval()
-        t0 = time.perf_counter()
-        with launch.stage_run("dpo", logged, state_dir=path(STATE)) as tr:
-            best = train_dpo(
-                model,
-                reference,
-                train,
-                val,
-                cfg,
-                tok.pad_id,
-                path(STATE) / "checkpoint",
-                tr.log_metrics,
-                rt,
-                inputs=inputs,
-                start_over=path(STATE),
-            )
-            del reference
-            seconds = time.perf_counter() - t0
-            peak = launch.peak_memory(rt)
-            if not distributed.is_main():
-                return {}  # rank 0 reports and writes
-            metrics = {
-                "loss": best["train_loss"],
-                "val_loss": best["loss"],
-                "val_accuracy": best["accuracy"],
-                "val_margin": best["margin"],
-                "n_train": len(train),
-                "n_val": len(val),
-                "steps": best["steps"],
-                "seconds": seconds,
-                "peak_memory_mb": max(peak, peak_memory_mb(rt.device)),
-                "world_size": distributed.world_size(),
-            }
-            tr.log_metrics({f"dpo/{k}": float(v) for k, v in metrics.items()}, best["steps"])
-            tokenizer = path(f"{SFT}/tokenizer.json")
-            save_model(path("models/dpo"), model, tokenizer, stage="dpo", beta=cfg.beta, loss_type=cfg.loss_type)
-            write_metrics("dpo", metrics)
-    shutil.rmtree(path(STATE), ignore_errors=True)
+        best = train_dpo(
+            model,
+            reference,
+            train,
+            val,
+            cfg,
+            tok.pad_id,
+            path(STATE) / "checkpoint",
+            tr.log_metrics,
+            rt,
+            inputs=inputs,
+            start_over=path(STATE),
+        )
+        del reference
+        seconds = ctx.seconds()
+        ctx.sync_peak_memory()
+        if not ctx.is_main:
+            return {}  # rank 0 reports and writes
+        metrics = {
+            "loss": best["train_loss"],
+            "val_loss": best["loss"],
+            "val_accuracy": best["accuracy"],
+            "val_margin": best["margin"],
+            "n_train": len(train),
+            "n_val": len(val),
+            "steps": best["steps"],
+            **ctx.cost(seconds),
+        }
+        tr.log_metrics({f"dpo/{k}": float(v) for k, v in metrics.items()}, best["steps"])
+        tokenizer = path(f"{SFT}/tokenizer.json")
+        save_model(path("models/dpo"), model, tokenizer, stage="dpo", beta=cfg.beta, loss_type=cfg.loss_type)
+        write_metrics("dpo", metrics)
     return metrics
 
 
-@stage_main
-def main() -> None:
-    launch.main("tasks.dpo", __doc__, run)
+main = entry("tasks.dpo", __doc__, run)
 
 
 if __name__ == "__main__":

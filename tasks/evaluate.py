@@ -10,26 +10,28 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from rlhf.checkpoint import load_model, read_config
 from rlhf.data import read_prompts
+from rlhf.device import Runtime
 from rlhf.evaluation import PolicySamples, compare, judge_samples, sample_policy
 from rlhf.generate import SamplingConfig
 from rlhf.io import write_json, write_jsonl
-from rlhf.judges import RewardModelJudge, load_judge
+from rlhf.judges import Judge, RewardModelJudge
 from rlhf.tokenizer import ChatTokenizer
-from tasks import tracking
-from tasks.common import build_dataclass, load_params, path, stage_main
+from tasks.common import Params, RuntimeParams, path
+from tasks.judge import gold_judge
 from tasks.plots import plot_overoptimization, write_csv
 from tasks.report import write_report
+from tasks.stage import Context, entry, lifecycle
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalParams:
     candidate: str = "models/ppo/actor"
     """checkpoint under test"""
@@ -37,30 +39,40 @@ class EvalParams:
     """checkpoint it is compared with"""
     reference: str = "models/sft"
     """the KL reference"""
-    n_prompts: int = 200
+    n_prompts: int
     """evaluation prompts used (0: all)"""
-    n_samples: int = 2
+    n_samples: int
     """samples per prompt and policy"""
-    temperature: float = 0.7
+    temperature: float
     """decoding temperature, the same for both policies"""
-    max_new_tokens: int = 48
+    max_new_tokens: int
     """longest response"""
-    n_boot: int = 1000
+    n_boot: int
     """bootstrap resamples of prompts for the 95% CI"""
-    curve_prompts: int = 100
+    curve_prompts: int
     """prompts per snapshot on the over-optimisation curve (0: no curve)"""
-    seed: int = 0
+    seed: int
     """sampling and bootstrap seed"""
 
 
-def judges_for(params: dict, tok: ChatTokenizer) -> dict:
+@dataclass(frozen=True)
+class Config:
+    eval: EvalParams
+    judge: Judge | None
+    runtime: RuntimeParams
+
+
+def configure(p: Params) -> Config:
+    return Config(p.section("evaluate", EvalParams), gold_judge(p), p.runtime())
+
+
+def judges_for(gold: Judge | None, tok: ChatTokenizer, rt: Runtime) -> dict[str, Judge]:
     rm_dir = path("models/reward_model")
     rm_cfg = read_config(rm_dir)
     rm = RewardModelJudge(
-        load_model(rm_dir, "scalar"), tok, rm_cfg.get("reward_mean", 0.0), rm_cfg.get("reward_std", 1.0)
+        load_model(rm_dir, "scalar").to(rt.device), tok, rm_cfg.get("reward_mean", 0.0), rm_cfg.get("reward_std", 1.0)
     )
-    spec = params.get("judge", {}).get("gold", "none")
-    return {"rm": rm, **({"gold": load_judge(spec)} if spec != "none" else {})}
+    return {"rm": rm, **({"gold": gold} if gold is not None else {})}
 
 
 # KL is reported at temperature 1: the policies as PPO trained them and as its penalty measured them (spec
@@ -75,7 +87,7 @@ def kl_at_temperature_one(model, tok, ref, prompts, ids, cfg: EvalParams) -> flo
     return float(sample_policy(model, tok, prompts, ids, sampling, 1, cfg.seed + 1, ref).kl.mean())
 
 
-def overoptimization(cfg: EvalParams, tok, ref, judges, prompts, ids) -> list[dict]:
+def overoptimization(cfg: EvalParams, tok, ref, judges, prompts, ids, rt: Runtime) -> list[dict]:
     """Gold and RM score vs sqrt(KL) of each PPO snapshot, each relative to the first (the SFT start). Sampled at
     temperature 1, as PPO trained them, so the x-axis is the KL the penalty controlled (Gao et al.'s curve)."""
     snaps = sorted(path("models/ppo/snapshots").glob("iter_*")) if cfg.curve_prompts else []
@@ -83,7 +95,7 @@ def overoptimization(cfg: EvalParams, tok, ref, judges, prompts, ids) -> list[di
     rows = []
     for snap in snaps:
         s = sample_policy(
-            load_model(snap, "gpt"),
+            load_model(snap, "gpt").to(rt.device),
             tok,
             prompts[: cfg.curve_prompts],
             ids[: cfg.curve_prompts],
@@ -124,52 +136,59 @@ def summary(cand: PolicySamples, base: PolicySamples, results: dict, kl: float) 
 
 
 def run(params: dict, candidate: str | None = None, baseline: str | None = None, out: str | None = None) -> dict:
-    cfg = build_dataclass(EvalParams, params["evaluate"], "params.yaml:evaluate")
+    """The evaluate stage (PPO against SFT by default), or any two checkpoints compared into `out`."""
+    p = Params(params)
+    conf = configure(p)
+    with torch.no_grad(), lifecycle("evaluate", p, conf.runtime, ddp=False) as ctx:
+        return evaluate(conf, ctx, candidate, baseline, out)
+
+
+def evaluate(conf: Config, ctx: Context, candidate: str | None, baseline: str | None, out: str | None) -> dict:
+    """Candidate against baseline on the evaluation prompts, written to `out` (default: reports/eval, with the
+    over-optimisation curve and metrics/eval.json); logged to the stage's run."""
+    cfg, rt, tr = conf.eval, ctx.rt, ctx.tracker
     cand_dir, base_dir = path(candidate or cfg.candidate), path(baseline or cfg.baseline)
     default_run = out is None
     out_dir = path(out or "reports/eval")
     tok = ChatTokenizer.load(cand_dir)
-    ref = load_model(path(cfg.reference), "gpt").eval()
+    ref = load_model(path(cfg.reference), "gpt").to(rt.device).eval()
     df = read_prompts(path("data/prepared/prompts_eval.jsonl"))
     df = df.iloc[: cfg.n_prompts] if cfg.n_prompts else df
     prompts, ids = df["prompt"].tolist(), df["id"].astype(str).tolist()
     families = dict(zip(ids, df["family"], strict=True)) if "family" in df.columns else None
-    judges = judges_for(params, tok)
+    judges = judges_for(conf.judge, tok, rt)
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-    with tracking.stage_run("evaluate", {"evaluate": params["evaluate"]}) as tr:
-        policies = {}
+    policies = {}
+    with rt.autocast():
         for name, d in (("candidate", cand_dir), ("baseline", base_dir)):
-            model = load_model(d, "gpt")
+            model = load_model(d, "gpt").to(rt.device)
             policies[name] = sample_policy(model, tok, prompts, ids, sampling, cfg.n_samples, cfg.seed, ref)
             judge_samples(policies[name], judges)
             if name == "candidate":
                 kl = kl_at_temperature_one(model, tok, ref, prompts, ids, cfg)
-        cand, base = policies["candidate"], policies["baseline"]
-        results = {j: compare(cand, base, j, families, cfg.n_boot, cfg.seed) for j in judges}
-        metrics = summary(cand, base, results, kl)
-        curve = overoptimization(cfg, tok, ref, judges, prompts, ids) if default_run else []
-        if curve:
-            write_csv(path("plots/overoptimization.csv"), curve)
-            plot_overoptimization(curve, path("plots/overoptimization.png"))
-        side_by_side = [
-            {
-                "prompt": p,
-                "candidate": c,
-                "baseline": b,
-                **{
-                    f"{j}_{k}": float(s.scores[j][i])
-                    for j in judges
-                    for k, s in (("candidate", cand), ("baseline", base))
-                },
-            }
-            for i, (p, c, b) in enumerate(zip(cand.prompts, cand.responses, base.responses, strict=True))
-        ]
-        write_jsonl(out_dir / "samples.jsonl", side_by_side)
-        write_json(out_dir / "results.json", {"results": results, "curve": curve})
-        write_report(out_dir / "report.md", metrics, results, side_by_side, curve, cand_dir, base_dir)
-        tr.log_metrics(_flat("eval", metrics), 0)
-        tr.log_artifact(out_dir / "report.md")
-        write_json(path("metrics/eval.json") if default_run else out_dir / "eval.json", metrics)
+        curve = overoptimization(cfg, tok, ref, judges, prompts, ids, rt) if default_run else []
+    cand, base = policies["candidate"], policies["baseline"]
+    results = {j: compare(cand, base, j, families, cfg.n_boot, cfg.seed) for j in judges}
+    metrics = summary(cand, base, results, kl)
+    if curve:
+        write_csv(path("plots/overoptimization.csv"), curve)
+        plot_overoptimization(curve, path("plots/overoptimization.png"))
+    side_by_side = [
+        {
+            "prompt": p,
+            "candidate": c,
+            "baseline": b,
+            **{f"{j}_{k}": float(s.scores[j][i]) for j in judges for k, s in (("candidate", cand), ("baseline", base))},
+        }
+        for i, (p, c, b) in enumerate(zip(cand.prompts, cand.responses, base.responses, strict=True))
+    ]
+    write_jsonl(out_dir / "samples.jsonl", side_by_side)
+    write_json(out_dir / "results.json", {"results": results, "curve": curve})
+    write_report(out_dir / "report.md", metrics, results, side_by_side, curve, cand_dir, base_dir)
+    prefix = "eval" if default_run else f"eval/{Path(out_dir).name}"
+    tr.log_metrics(_flat(prefix, metrics), 0)
+    tr.log_artifact(out_dir / "report.md", None if default_run else Path(out_dir).name)
+    write_json(path("metrics/eval.json") if default_run else out_dir / "eval.json", metrics)
     return metrics
 
 
@@ -183,18 +202,13 @@ def _flat(prefix: str, d: dict) -> dict[str, float]:
     return out
 
 
-@stage_main
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=None)
+def _args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidate", default=None, help="checkpoint dir (default: evaluate.candidate)")
     parser.add_argument("--baseline", default=None, help="checkpoint dir (default: evaluate.baseline)")
     parser.add_argument("--out", default=None, help="output dir for a non-default comparison")
-    args = parser.parse_args()
-    if args.params:
-        os.environ["RLHF_PARAMS"] = str(args.params.resolve())
-    m = run(load_params(), args.candidate, args.baseline, args.out)
-    print({k: m[k] for k in ("gold", "rm", "kl") if k in m})
+
+
+main = entry("tasks.evaluate", __doc__, run, ddp=False, add_args=_args)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,8 @@ and DDP averages the gradients (rlhf.ppo_trainer); rank 0 alone probes the polic
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import shutil
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,34 +24,36 @@ import torch
 from rlhf import distributed
 from rlhf.checkpoint import fingerprint, load_model, read_config, resumable_meta, write_model
 from rlhf.data import read_prompts
-from rlhf.device import Runtime, freeze, peak_memory_mb
+from rlhf.device import Runtime, freeze
 from rlhf.evaluation import judge_samples, sample_policy
 from rlhf.generate import SamplingConfig
 from rlhf.io import atomic_dir
-from rlhf.judges import RewardModelJudge, check_scores, load_judge
+from rlhf.judges import Judge, RewardModelJudge, load_judge
 from rlhf.model import GPT, ScalarHeadModel, normalise_head
-from rlhf.ppo_run import train_ppo
+from rlhf.ppo_run import RunOptions, train_ppo
 from rlhf.ppo_trainer import PPOConfig, PPOState, ScoreFn, check_batch_sizes, make_state, reward_statistics
-from rlhf.rollout import Rollout, reward_model_scores
+from rlhf.rollout import reward_model_scores
 from rlhf.tokenizer import ChatTokenizer
-from tasks import launch, tracking
-from tasks.common import ParamError, build_dataclass, path, resume_inputs, stage_main, write_metrics
+from tasks import tracking
+from tasks.common import ParamError, Params, RuntimeParams, path, resume_inputs, write_metrics
+from tasks.judge import gold_judge
 from tasks.plots import plot_curves, write_csv
+from tasks.stage import entry, lifecycle
 
 STATE = "state/ppo"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PPOParams(PPOConfig):
-    reward: str = "reward_model"
+    reward: str
     """"reward_model", or a judge's import path "module:function" scoring (prompts, responses)"""
-    critic_init: str = "reward_model"
+    critic_init: str
     """"reward_model" (TRL's choice) or "sft" (the spec's: SFT body with a fresh zero head)"""
-    checkpoint_every: int = 10
+    checkpoint_every: int
     """iterations between resumable checkpoints"""
-    snapshot_every: int = 10
+    snapshot_every: int
     """iterations between actor snapshots for the over-optimisation curve (0: none)"""
-    probe_prompts: int = 128
+    probe_prompts: int
     """PPO prompts on which the reward is normalised and the SFT start and the final actor are measured"""
 
 
@@ -62,11 +62,7 @@ def raw_score_fn(spec: str, rm: ScalarHeadModel, tok: ChatTokenizer) -> ScoreFn:
     if spec == "reward_model":
         return lambda ro: reward_model_scores(rm, ro)
     judge = load_judge(spec)
-
-    def score(ro: Rollout) -> torch.Tensor:
-        return torch.tensor(check_scores(spec, judge(ro.prompts, ro.texts(tok)), len(ro.prompts)))
-
-    return score
+    return lambda ro: torch.tensor(judge(ro.prompts, ro.texts(tok)))
 
 
 def normalised(score_fn: ScoreFn, mean: float, std: float) -> ScoreFn:
@@ -119,27 +115,38 @@ def load_models(rt: Runtime) -> tuple[GPT, GPT, ScalarHeadModel]:
     return actor, ref, rm
 
 
+@dataclass(frozen=True)
+class Config:
+    ppo: PPOParams
+    """the core's PPOConfig and what the stage adds (reward source, critic init, checkpoints, probes)"""
+    judge: Judge | None
+    runtime: RuntimeParams
+
+
+def configure(p: Params) -> Config:
+    return Config(p.section("ppo", PPOParams), gold_judge(p), p.runtime())
+
+
 def run(params: dict) -> dict:
-    cfg = build_dataclass(PPOParams, params["ppo"], "params.yaml:ppo")
-    core = PPOConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PPOConfig)})
+    p = Params(params)
+    conf = configure(p)
+    cfg, gold = conf.ppo, conf.judge
     prompts = read_prompts(path("data/prepared/prompts_ppo.jsonl"))["prompt"].tolist()
     # Before any model loads: a batch the prompts or the processes cannot fill evenly is an error now.
     try:
-        check_batch_sizes(core, len(prompts), int(os.environ.get("WORLD_SIZE", "1")))
+        check_batch_sizes(cfg, len(prompts), int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError as e:
         raise ParamError(f"params.yaml:ppo: {e}") from e
     tok = ChatTokenizer.load(path("models/sft"))
-    spec = params.get("judge", {}).get("gold", "none")
-    gold = load_judge(spec) if spec != "none" else None
-    logged = {"ppo": params["ppo"], "runtime": params.get("runtime", {})}
     inputs = ppo_inputs(params)
     # Refused before anything loads or an MLflow run opens: a checkpoint of other inputs is an error to act on.
-    resumable_meta(path(STATE) / "checkpoint", fingerprint(core, inputs), path(STATE))
-    with launch.session(params) as rt:
+    resumable_meta(path(STATE) / "checkpoint", fingerprint(cfg, inputs), path(STATE))
+    with lifecycle("ppo", p, conf.runtime, state_dir=path(STATE)) as ctx:
+        rt, tr = ctx.rt, ctx.tracker
         actor, ref, rm = load_models(rt)
         probe_set = prompts[: cfg.probe_prompts]
         raw_fn = raw_score_fn(cfg.reward, rm, tok)
-        mean, std = reward_statistics(actor, raw_fn, tok, probe_set, core, rt)
+        mean, std = reward_statistics(actor, raw_fn, tok, probe_set, cfg, rt)
         critic = make_critic(cfg, actor, rm, mean, std).to(rt.device)
         rm_cfg = read_config(path("models/reward_model"))
         rm_norm = (
@@ -148,51 +155,39 @@ def run(params: dict) -> dict:
             else (rm_cfg.get("reward_mean", 0.0), rm_cfg.get("reward_std", 1.0))
         )
         judges = {"rm": RewardModelJudge(rm, tok, *rm_norm), **({"gold": gold} if gold else {})}
-        main = distributed.is_main()
-        t0 = time.perf_counter()
-        with launch.stage_run("ppo", logged, state_dir=path(STATE)) as tr:
-            start = probe(actor, ref, tok, probe_set, cfg, judges, rt) if main else {}
-            torch.manual_seed(distributed.rank_seed(cfg.seed))
-            state = make_state(actor, critic, core, runtime=rt)
-            history = train_ppo(
-                state,
-                ref,
-                normalised(raw_fn, mean, std),
-                tok,
-                prompts,
-                core,
-                tr.log_metrics,
-                path(STATE) / "checkpoint",
-                cfg.checkpoint_every,
-                gold,
-                _snapshot,
-                cfg.snapshot_every,
-                inputs=inputs,
-                start_over=path(STATE),
-            )
-            peak = launch.peak_memory(rt)
-            if not main:
-                return {}  # rank 0 probes, reports and writes
-            end = probe(state.actor, ref, tok, probe_set, cfg, judges, rt)
-            metrics = {
-                "kl": end["kl"],
-                "rm_score": end["rm_score"],
-                "gold_score": end.get("gold_score"),
-                "length": end["length"],
-                "sft_rm_score": start["rm_score"],
-                "sft_gold_score": start.get("gold_score"),
-                "sft_length": start["length"],
-                "reward_mean": mean,
-                "reward_std": std,
-                "iterations": len(history),
-                "seconds": time.perf_counter() - t0,
-                "seconds_per_iteration": float(np.mean([h["time/iteration"] for h in history])),
-                "peak_memory_mb": max(peak, peak_memory_mb(rt.device)),
-                "world_size": distributed.world_size(),
-            }
-            _write_outputs(state, history, tr, cfg.reward)
-            write_metrics("ppo", metrics)
-    shutil.rmtree(path(STATE), ignore_errors=True)
+        start = probe(actor, ref, tok, probe_set, cfg, judges, rt) if ctx.is_main else {}
+        torch.manual_seed(distributed.rank_seed(cfg.seed))
+        state = make_state(actor, critic, cfg, runtime=rt)
+        run_opts = RunOptions(
+            checkpoint=path(STATE) / "checkpoint",
+            checkpoint_every=cfg.checkpoint_every,
+            gold=gold,
+            on_snapshot=_snapshot,
+            snapshot_every=cfg.snapshot_every,
+            inputs=inputs,
+            start_over=path(STATE),
+        )
+        history = train_ppo(state, ref, normalised(raw_fn, mean, std), tok, prompts, cfg, tr.log_metrics, run_opts)
+        ctx.sync_peak_memory()
+        if not ctx.is_main:
+            return {}  # rank 0 probes, reports and writes
+        end = probe(state.actor, ref, tok, probe_set, cfg, judges, rt)
+        metrics = {
+            "kl": end["kl"],
+            "rm_score": end["rm_score"],
+            "gold_score": end.get("gold_score"),
+            "length": end["length"],
+            "sft_rm_score": start["rm_score"],
+            "sft_gold_score": start.get("gold_score"),
+            "sft_length": start["length"],
+            "reward_mean": mean,
+            "reward_std": std,
+            "iterations": len(history),
+            "seconds_per_iteration": float(np.mean([h["time/iteration"] for h in history])),
+            **ctx.cost(ctx.seconds()),
+        }
+        _write_outputs(state, history, tr, cfg.reward)
+        write_metrics("ppo", metrics)
     return metrics
 
 
@@ -225,9 +220,7 @@ def _write_outputs(state: PPOState, history: list[dict[str, float]], tr: trackin
             shutil.copytree(snapshots, tmp / "snapshots")
 
 
-@stage_main
-def main() -> None:
-    launch.main("tasks.ppo", __doc__, run)
+main = entry("tasks.ppo", __doc__, run)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ import torch
 
 from rlhf.checkpoint import file_hash, load_model
 from rlhf.data import DataError, import_preferences, ranking_to_pairs, read_prompts
+from rlhf.device import CPU, Runtime
 from rlhf.generate import SamplingConfig, generate_text
 from rlhf.io import atomic_path
 from rlhf.tokenizer import ChatTokenizer
-from tasks import tracking
-from tasks.common import cli, load_params, path, section, stage_main, write_metrics
-from tasks.prepare import DataParams
+from tasks.common import ParamError, Params, RuntimeParams, path, write_metrics
+from tasks.stage import entry, lifecycle
 
 OUT = "data/preferences/pairs.parquet"
 FEEDBACK = "data/feedback"
@@ -42,36 +42,38 @@ COLUMNS = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PreferenceParams:
-    k: int = 4
+    k: int
     """responses sampled per prompt"""
-    temperature: float = 1.0
+    temperature: float
     """sampling temperature of the SFT model"""
-    max_new_tokens: int = 48
+    max_new_tokens: int
     """longest sampled response"""
-    labeler_temperature: float = 0.5
+    labeler_temperature: float
     """noise of the simulated labeler (Plackett–Luce temperature on the gold utility)"""
-    labeler_length_bias: float = 0.02
+    labeler_length_bias: float
     """the labeler's mild taste for length: utility += bias · words"""
-    labeler_seed: int = 7
+    labeler_seed: int
     """the labeler's own random stream"""
-    seed: int = 0
+    seed: int
     """sampling seed"""
 
 
-def collect_world(cfg: PreferenceParams) -> tuple[pd.DataFrame, dict]:
-    """Sample K responses per prompt from SFT, rank them with the simulated labeler, expand into pairs."""
+def collect_world(cfg: PreferenceParams, rt: Runtime = CPU) -> tuple[pd.DataFrame, dict]:
+    """Sample K responses per prompt from SFT (on the runtime's device and precision), rank them with the
+    simulated labeler, expand into pairs."""
     from rlhf.world.judge import score as gold
     from rlhf.world.labeler import SimulatedLabeler
 
     prompts = read_prompts(path("data/prepared/prompts_pref.jsonl"))
     sft_dir = path("models/sft")
-    model = load_model(sft_dir, arch="gpt")
+    model = load_model(sft_dir, arch="gpt").to(rt.device)
     tok = ChatTokenizer.load(sft_dir)
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     texts = prompts["prompt"].tolist()
-    responses = generate_text(model, tok, [p for p in texts for _ in range(cfg.k)], sampling, seed=cfg.seed)
+    with rt.autocast():
+        responses = generate_text(model, tok, [p for p in texts for _ in range(cfg.k)], sampling, seed=cfg.seed)
     labeler = SimulatedLabeler(cfg.labeler_temperature, cfg.labeler_length_bias, cfg.labeler_seed)
     sft_hash = file_hash(sft_dir / "model.safetensors")
     rows, empty = [], 0
@@ -115,19 +117,21 @@ def collect_world(cfg: PreferenceParams) -> tuple[pd.DataFrame, dict]:
     return df, stats
 
 
-def gate_user_file(file, fmt: str) -> None:
+def gate_user_file(file, fmt: str, block_size: int) -> None:
     """The preference gate on a user's file, as imported, before the stage writes anything: DataError naming the
-    file, its lines and the rules it broke, and saying that the last good outputs are untouched."""
+    file, its lines and the rules it broke, and saying that the last good outputs are untouched. At least one pair
+    (validate.min_pairs is the validate_preferences stage's rule, on the merged set)."""
     import tempfile
 
     from tasks import validate
 
-    opts = {**validate.defaults("preferences", None), "min_rows": 1}  # validate.min_pairs is for the merged set
     with tempfile.TemporaryDirectory(prefix="rlhf-gate-") as reports:
-        opts["report_dir"] = reports
         try:
             inputs = path("models/sft/tokenizer.json"), path("data/prepared/prompts_eval.jsonl")
-            validate.run("preferences", file, *inputs, data_docs=False, import_format=fmt, **opts)
+            validate.run(
+                "preferences", file, *inputs, block_size=block_size, min_rows=1, report_dir=reports,
+                data_docs=False, import_format=fmt,
+            )  # fmt: skip
         except validate.ValidationFailed as e:
             raise DataError(
                 f"{e.report.summary()}\n{OUT} and metrics/preferences.json were left as they were (the last good "
@@ -147,17 +151,43 @@ def imported(file, fmt: str) -> pd.DataFrame:
     return out[COLUMNS]
 
 
+@dataclass(frozen=True)
+class Config:
+    prefs: PreferenceParams
+    source: str
+    """data.preferences: "world", or a user's preference file"""
+    fmt: str
+    """data.preferences_format"""
+    block_size: int
+    """model.block_size: the gate's limit on a user's pairs"""
+    runtime: RuntimeParams
+
+
+def configure(p: Params) -> Config:
+    block_size = p.value("model.block_size")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ParamError(f"params.yaml:model.block_size: expected an int >= 1, got {block_size!r}")
+    return Config(
+        p.section("preferences", PreferenceParams),
+        str(p.value("data.preferences")),
+        str(p.value("data.preferences_format")),
+        block_size,
+        p.runtime(),
+    )
+
+
 def run(params: dict) -> dict:
-    cfg = section(params, "preferences", PreferenceParams)
-    data = section(params, "data", DataParams)
-    with tracking.stage_run("preferences", {"preferences": params["preferences"], "data": params["data"]}) as tr:
+    p = Params(params)
+    conf = configure(p)
+    # generation only: the device and precision of `runtime`, no process group (one process samples)
+    with torch.no_grad(), lifecycle("preferences", p, conf.runtime, ddp=False) as ctx:
         stats: dict = {}
-        if data.preferences == "world":
-            df, stats = collect_world(cfg)
+        if conf.source == "world":
+            df, stats = collect_world(conf.prefs, ctx.rt)
         else:
-            gate_user_file(path(data.preferences), data.preferences_format)
-            df = imported(path(data.preferences), data.preferences_format)
-        feedback = sorted(p for p in path(FEEDBACK).glob("*") if p.suffix in (".jsonl", ".json", ".parquet", ".csv"))
+            gate_user_file(path(conf.source), conf.fmt, conf.block_size)
+            df = imported(path(conf.source), conf.fmt)
+        feedback = sorted(f for f in path(FEEDBACK).glob("*") if f.suffix in (".jsonl", ".json", ".parquet", ".csv"))
         if feedback:
             df = pd.concat([df, *(imported(f, "auto") for f in feedback)], ignore_index=True)
         with atomic_path(path(OUT)) as tmp:
@@ -170,16 +200,12 @@ def run(params: dict) -> dict:
             "rejected_words": float(df["rejected"].str.split().str.len().mean()),
             **stats,
         }
-        tr.log_metrics({f"preferences/{k}": float(v) for k, v in metrics.items()}, 0)
+        ctx.tracker.log_metrics({f"preferences/{k}": float(v) for k, v in metrics.items()}, 0)
         write_metrics("preferences", metrics)
     return metrics
 
 
-@stage_main
-def main() -> None:
-    cli(__doc__)
-    torch.set_grad_enabled(False)
-    print(run(load_params()))
+main = entry("tasks.preferences", __doc__, run, ddp=False)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from rlhf.data import DataError, control_rule, read_demos, read_prompts, read_table, read_text
 from rlhf.io import write_jsonl, write_text
-from tasks.common import cli, load_params, path, section, stage_main
+from tasks.common import Params, build_dataclass, model_free_entry, params_path, path
 
 OUT = "data/prepared"
 WORLD = {
@@ -81,10 +81,15 @@ def run(cfg: DataParams) -> dict:
     return {"documents": len(docs), "demos": len(demos), **{n: len(df) for n, df in prompts.items()}}
 
 
-@stage_main
-def main() -> None:
-    cli(__doc__)
-    print(run(section(load_params(), "data", DataParams)))
+KEYS = ("corpus", "demos", "prompts_pref", "prompts_ppo", "prompts_eval")
+"""the keys of `data` this stage reads (the preference keys are the preferences stage's)"""
+
+
+def configure(p: Params) -> DataParams:
+    return build_dataclass(DataParams, {k: p.value(f"data.{k}") for k in KEYS}, f"{params_path()}:data")
+
+
+main = model_free_entry("prepare", __doc__, configure, run)
 
 
 if __name__ == "__main__":

@@ -151,6 +151,78 @@ def feedback_lineage(root: Path) -> dict[str, str]:
     return {"lineage.feedback_files": json.dumps(files)} if files else {}
 
 
+# --- model cards -------------------------------------------------------------------------------------------
+
+WHAT = {
+    ACTOR: "The policy (actor) {method}: a causal LM that answers a user prompt in the project's chat format.",
+    CRITIC: "PPO's critic (value model): a scalar head per token, used in training only (not a judge of answers).",
+    REWARD_MODEL: "The reward model: a Bradley-Terry scalar head on the SFT body; scores (prompt, response) pairs.",
+}
+METHOD_NAMES = {"ppo": "trained by PPO against the reward model", "dpo": "trained by DPO on the preference pairs"}
+METRIC_FILES = {  # the headline metrics of a model: metrics/<file> keys, by (model, method)
+    (ACTOR, "ppo"): [("eval.json", ("gold", "rm", "kl")), ("ppo.json", ("kl", "gold_score", "rm_score", "length"))],
+    (ACTOR, "dpo"): [("eval_dpo.json", ("gold", "rm", "kl")), ("dpo.json", ("val_accuracy", "val_margin"))],
+    (CRITIC, None): [("ppo.json", ("iterations", "reward_mean", "reward_std"))],
+    (REWARD_MODEL, None): [("reward_model.json", ("accuracy", "ceiling", "spearman_gold", "margin", "n_train"))],
+}
+
+
+def _figure(value: Any) -> str:
+    if isinstance(value, Mapping) and {"win_rate", "ci_low", "ci_high"} <= set(value):
+        return f"win-rate {value['win_rate']:.3f} [95% CI {value['ci_low']:.3f}, {value['ci_high']:.3f}] vs SFT"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def headline_metrics(root: Path, name: str, method: str | None) -> list[str]:
+    """`file key: value` lines of the metrics that say how good the model is (those present)."""
+    lines = []
+    for file, keys in METRIC_FILES.get((name, method), []):
+        path = root / "metrics" / file
+        metrics = json.loads(path.read_text()) if path.exists() else {}
+        lines += [f"- {file} `{k}`: {_figure(metrics[k])}" for k in keys if k in metrics]
+    return lines or ["- (no metrics files found under metrics/)"]
+
+
+def model_card(name: str, tags: Mapping[str, str], metrics: list[str], config: Mapping[str, Any]) -> str:
+    """The description of a registered version (Markdown): what it is, the data and params it came from, its
+    headline metrics, how to serve it."""
+    method = tags.get(METHOD_TAG)
+    what = WHAT[name].format(method=METHOD_NAMES.get(method or "", "")).replace(" .", ".").replace("  ", " ")
+    shape = config.get("model", {})
+    arch = f"{config.get('backend', 'built-in')} {config.get('arch')}, context {shape.get('block_size')} tokens"
+    deps = "lineage.dvc.deps."
+    data = [f"- {k.removeprefix(deps)}: `{v}`" for k, v in tags.items() if k.startswith(deps)]
+    stage, commit = tags.get("lineage.dvc_stage", "?"), tags.get("lineage.git_commit", "?")
+    if "lineage.feedback_files" in tags:
+        data.append(f"- feedback files merged: {tags['lineage.feedback_files']}")
+    request = (
+        '{"dataframe_records": [{"prompt": "..."}], "params": {"max_new_tokens": 64}}'
+        if name == ACTOR
+        else '{"dataframe_records": [{"prompt": "...", "response": "..."}]}'
+    )
+    return "\n".join(
+        [
+            f"# {name}",
+            "",
+            what,
+            f"Architecture: {arch}.",
+            "",
+            f"## Data (DVC hashes of stage `{stage}`'s inputs; code at git {commit})",
+            *(data or ["- (no dvc.lock entry)"]),
+            "",
+            "## Params",
+            f"`{tags.get('lineage.params', '{}')}`",
+            "",
+            "## Headline metrics",
+            *metrics,
+            "",
+            "## Serve",
+            f"`mlflow models serve -m models:/{name}/<version> --env-manager local -p 5001`, then POST to "
+            f"`/invocations`: `{request}`",
+        ]
+    )
+
+
 # --- registration ------------------------------------------------------------------------------------------
 
 
@@ -167,13 +239,15 @@ def signature(name: str, block_size: int = 128) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+    from rlhf.serving import DEFAULTS
+
     if name == ACTOR:
         params = ParamSchema(
             [
-                ParamSpec("max_new_tokens", "long", min(48, block_size)),
-                ParamSpec("temperature", "double", 0.7),
-                ParamSpec("top_p", "double", 1.0),
-                ParamSpec("seed", "long", 0),
+                ParamSpec("max_new_tokens", "long", min(DEFAULTS["max_new_tokens"], block_size)),
+                ParamSpec("temperature", "double", DEFAULTS["temperature"]),
+                ParamSpec("top_p", "double", DEFAULTS["top_p"]),
+                ParamSpec("seed", "long", DEFAULTS["seed"]),
             ]
         )
         return ModelSignature(
@@ -197,8 +271,9 @@ def find_version(name: str, sha256: str) -> Any | None:
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
-def register(name: str, checkpoint: Path, tags: Mapping[str, str]) -> tuple[Any, bool]:
-    """Log `checkpoint` as a pyfunc in the active run and register it as a version of `name`.
+def register(name: str, checkpoint: Path, tags: Mapping[str, str], root: Path | None = None) -> tuple[Any, bool]:
+    """Log `checkpoint` as a pyfunc in the active run and register it as a version of `name`, described by its
+    model card (`model_card`: what it is, data, params, the headline metrics under root/metrics/, serving).
 
     Returns (version, created); created is False when a version with the same weights already existed.
     """
@@ -227,6 +302,8 @@ def register(name: str, checkpoint: Path, tags: Mapping[str, str]) -> tuple[Any,
     version = str(info.registered_model_version)
     for key, value in {**tags, CKPT_TAG: sha}.items():
         mc.set_model_version_tag(name, version, key, value)
+    metrics = headline_metrics(root or workdir(), name, tags.get(METHOD_TAG))
+    mc.update_model_version(name, version, description=model_card(name, tags, metrics, config))
     return mc.get_model_version(name, version), True
 
 
@@ -266,15 +343,16 @@ def register_pipeline(root: Path | None = None, parent_run_id: str | None = None
         parent_run_id=parent_run_id,
         tags=tracking.base_tags("register"),
     ):
-        rm, _ = register(REWARD_MODEL, root / "models/reward_model", {**commit, **stage_lineage(lock, "reward_model")})
+        rm_tags = {**commit, **stage_lineage(lock, "reward_model")}
+        rm, _ = register(REWARD_MODEL, root / "models/reward_model", rm_tags, root)
         from_rm = {"lineage.from.rlhf-reward-model": str(rm.version)}
         ppo_tags = {**commit, **stage_lineage(lock, "ppo"), **from_rm}
-        critic, _ = register(CRITIC, root / "models/ppo/critic", ppo_tags)
-        actor, new_actor = register(ACTOR, root / "models/ppo/actor", {**ppo_tags, METHOD_TAG: "ppo"})
+        critic, _ = register(CRITIC, root / "models/ppo/critic", ppo_tags, root)
+        actor, new_actor = register(ACTOR, root / "models/ppo/actor", {**ppo_tags, METHOD_TAG: "ppo"}, root)
         dpo, new_dpo = None, False
         if (root / "models/dpo/config.json").exists():
             dpo_tags = {**commit, **stage_lineage(lock, "dpo"), METHOD_TAG: "dpo"}
-            dpo, new_dpo = register(ACTOR, root / "models/dpo", dpo_tags)
+            dpo, new_dpo = register(ACTOR, root / "models/dpo", dpo_tags, root)
     return Registered(
         str(actor.version), str(critic.version), str(rm.version), new_actor, dpo and str(dpo.version), new_dpo
     )

@@ -11,40 +11,39 @@ rank 0 alone measures and writes.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from rlhf import distributed
 from rlhf.checkpoint import load_model, save_model
 from rlhf.data import read_prompts
-from rlhf.device import Runtime, peak_memory_mb
+from rlhf.device import Runtime
 from rlhf.generate import SamplingConfig
-from rlhf.judges import load_judge
+from rlhf.judges import Judge
 from rlhf.model import ScalarHeadModel
 from rlhf.reward import Pairs, RMConfig, encode_frame, margins, split, train_reward_model
 from rlhf.rollout import Rollout, reward_model_scores, sample_rollout
 from rlhf.stats import calibration_table, pairwise_accuracy, spearman
 from rlhf.tokenizer import ChatTokenizer
-from tasks import launch
-from tasks.common import build_dataclass, path, stage_main, write_metrics
+from tasks.common import Params, RuntimeParams, path, write_metrics
+from tasks.judge import gold_judge
 from tasks.plots import plot_calibration, write_csv
+from tasks.stage import entry, lifecycle
 
 PAIRS = "data/preferences/pairs.parquet"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RewardParams(RMConfig):
-    val_frac: float = 0.1
+    val_frac: float
     """share of prompts whose pairs are held out"""
-    n_samples: int = 256
+    n_samples: int
     """fresh SFT samples (on PPO prompts) for the normalisation and the Spearman correlation with gold"""
-    sample_temperature: float = 1.0
+    sample_temperature: float
     """temperature of those samples (PPO's rollout temperature)"""
-    max_new_tokens: int = 64
+    max_new_tokens: int
     """longest sampled response"""
 
 
@@ -82,54 +81,60 @@ def sft_rollouts(cfg: RewardParams, tok: ChatTokenizer, rt: Runtime) -> Rollout:
         return sample_rollout(sft, tok, prompts, sampling, gen)
 
 
+@dataclass(frozen=True)
+class Config:
+    rm: RewardParams
+    judge: Judge | None
+    runtime: RuntimeParams
+
+
+def configure(p: Params) -> Config:
+    return Config(p.section("reward_model", RewardParams), gold_judge(p), p.runtime())
+
+
 def run(params: dict) -> dict:
-    cfg = build_dataclass(RewardParams, params["reward_model"], "params.yaml:reward_model")
-    rm_cfg = RMConfig(**{f.name: getattr(cfg, f.name) for f in fields(RMConfig)})
+    p = Params(params)
+    conf = configure(p)
+    cfg = conf.rm
     tok = ChatTokenizer.load(path("models/sft"))
     sft = load_model(path("models/sft"), arch="gpt")
     train_df, val_df = split(pd.read_parquet(path(PAIRS)), cfg.val_frac)
     train, val = encode_frame(tok, train_df, sft.cfg.block_size), encode_frame(tok, val_df, sft.cfg.block_size)
-    logged = {"reward_model": params["reward_model"], "runtime": params.get("runtime", {})}
-    with launch.session(params) as rt:
+    with lifecycle("reward_model", p, conf.runtime) as ctx:
+        rt, tr = ctx.rt, ctx.tracker
         torch.manual_seed(cfg.seed)  # the same head on every rank (DDP also broadcasts rank 0's weights)
         model = ScalarHeadModel.from_lm(sft).to(rt.device)
-        t0 = time.perf_counter()
-        with launch.stage_run("reward_model", logged) as tr:
-            best = train_reward_model(model, train, val, rm_cfg, tok.pad_id, tr.log_metrics, runtime=rt)
-            peak = launch.peak_memory(rt)
-            if not distributed.is_main():
-                return {}  # rank 0 measures, reports and writes
-            measured, table = measure(params, cfg, model, val, val_df, tok, rt)
-            metrics = {
-                "loss": best["loss"],
-                **measured,
-                "n_train": len(train),
-                "n_val": len(val),
-                "steps": best["steps"],
-                "seconds": time.perf_counter() - t0,
-                "peak_memory_mb": max(peak, peak_memory_mb(rt.device)),
-                "world_size": distributed.world_size(),
-            }
-            write_csv(path("plots/rm_calibration.csv"), table)
-            plot_calibration(table, path("plots/rm_calibration.png"))
-            tr.log_metrics(
-                {f"rm/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, best["steps"]
-            )
-            tr.log_artifact(path("plots/rm_calibration.png"))
-            save_model(
-                path("models/reward_model"),
-                model,
-                path("models/sft/tokenizer.json"),
-                stage="reward_model",
-                reward_mean=metrics["reward_mean"],
-                reward_std=metrics["reward_std"],
-            )
-            write_metrics("reward_model", metrics)
+        best = train_reward_model(model, train, val, cfg, tok.pad_id, tr.log_metrics, runtime=rt)
+        ctx.sync_peak_memory()
+        if not ctx.is_main:
+            return {}  # rank 0 measures, reports and writes
+        measured, table = measure(conf.judge, cfg, model, val, val_df, tok, rt)
+        metrics = {
+            "loss": best["loss"],
+            **measured,
+            "n_train": len(train),
+            "n_val": len(val),
+            "steps": best["steps"],
+            **ctx.cost(ctx.seconds()),
+        }
+        write_csv(path("plots/rm_calibration.csv"), table)
+        plot_calibration(table, path("plots/rm_calibration.png"))
+        tr.log_metrics({f"rm/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, best["steps"])
+        tr.log_artifact(path("plots/rm_calibration.png"))
+        save_model(
+            path("models/reward_model"),
+            model,
+            path("models/sft/tokenizer.json"),
+            stage="reward_model",
+            reward_mean=metrics["reward_mean"],
+            reward_std=metrics["reward_std"],
+        )
+        write_metrics("reward_model", metrics)
     return metrics
 
 
 def measure(
-    params: dict, cfg: RewardParams, model: ScalarHeadModel, val: Pairs, val_df: pd.DataFrame, tok, rt: Runtime
+    judge: Judge | None, cfg: RewardParams, model: ScalarHeadModel, val: Pairs, val_df: pd.DataFrame, tok, rt: Runtime
 ) -> tuple[dict, list[dict]]:
     """Held-out accuracy and margins, the RM's scores of fresh SFT samples (their mean/std, Spearman with gold),
     and the calibration table."""
@@ -137,8 +142,7 @@ def measure(
     ro = sft_rollouts(cfg, tok, rt)
     with torch.no_grad(), rt.autocast():
         raw = reward_model_scores(model.eval(), ro).float().cpu().numpy()
-    spec = params.get("judge", {}).get("gold", "none")
-    gold = load_judge(spec)(ro.prompts, ro.texts(tok)) if spec != "none" else None
+    gold = judge(ro.prompts, ro.texts(tok)) if judge is not None else None
     measured = {
         "accuracy": pairwise_accuracy(m.numpy()),
         "ceiling": labeler_ceiling(val_df),
@@ -150,9 +154,7 @@ def measure(
     return measured, calibration(m, cfg.seed)
 
 
-@stage_main
-def main() -> None:
-    launch.main("tasks.reward_model", __doc__, run)
+main = entry("tasks.reward_model", __doc__, run)
 
 
 if __name__ == "__main__":

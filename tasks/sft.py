@@ -9,25 +9,23 @@ judges the two models and writes.
 
 from __future__ import annotations
 
-import shutil
-import time
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
 from rlhf import distributed
 from rlhf.checkpoint import fingerprint, load_model, resumable_meta, save_model
 from rlhf.data import read_demos, read_prompts
-from rlhf.device import peak_memory_mb
 from rlhf.generate import SamplingConfig, generate_text
 from rlhf.io import write_jsonl
-from rlhf.judges import check_scores, load_judge
+from rlhf.judges import Judge
 from rlhf.lm_data import EpochSampler, sft_example
 from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.tokenizer import ChatTokenizer
-from tasks import launch
-from tasks.common import build_dataclass, path, resume_inputs, stage_main, write_metrics
+from tasks.common import Params, RuntimeParams, path, resume_inputs, write_metrics
+from tasks.judge import gold_judge
+from tasks.stage import entry, lifecycle
 
 TOKENIZER = "data/tokenizer/tokenizer.json"
 DEMOS = "data/prepared/demos.jsonl"
@@ -35,15 +33,15 @@ EVAL_PROMPTS = "data/prepared/prompts_eval.jsonl"
 STATE = "state/sft"  # checkpoint/ (training state) and the MLflow run to continue
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SFTParams(TrainConfig):
-    heldout_frac: float = 0.05
+    heldout_frac: float
     """share of demonstrations held out for the validation loss (chosen by a hash of the prompt)"""
-    eval_prompts: int = 200
+    eval_prompts: int
     """evaluation prompts on which base and SFT are judged (0: skip)"""
-    eval_temperature: float = 0.7
+    eval_temperature: float
     """sampling temperature of that comparison"""
-    max_new_tokens: int = 48
+    max_new_tokens: int
     """longest sampled response"""
 
 
@@ -62,18 +60,27 @@ def split_examples(tok: ChatTokenizer, df, block_size: int, heldout_frac: float)
     return train, held
 
 
-def judge_models(params: dict, cfg: SFTParams, models: dict, tok: ChatTokenizer) -> dict[str, float]:
+@dataclass(frozen=True)
+class Config:
+    sft: SFTParams
+    judge: Judge | None
+    runtime: RuntimeParams
+
+
+def configure(p: Params) -> Config:
+    return Config(p.section("sft", SFTParams), gold_judge(p), p.runtime())
+
+
+def judge_models(cfg: SFTParams, judge: Judge | None, models: dict, tok: ChatTokenizer) -> dict[str, float]:
     """Mean judge score of each model's samples on the evaluation prompts; samples saved for reading."""
-    spec = params.get("judge", {}).get("gold", "none")
-    if spec == "none" or cfg.eval_prompts == 0:
+    if judge is None or cfg.eval_prompts == 0:
         return {}
-    judge = load_judge(spec)
     prompts = read_prompts(path(EVAL_PROMPTS))["prompt"].tolist()[: cfg.eval_prompts]
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.eval_temperature)
     out, rows = {}, [{"prompt": p} for p in prompts]
     for name, model in models.items():
         responses = generate_text(model, tok, prompts, sampling, seed=cfg.seed)
-        scores = check_scores(spec, judge(prompts, responses), len(prompts))
+        scores = judge(prompts, responses)
         out[f"gold_score_{name}"] = sum(scores) / len(scores)
         for r, text, s in zip(rows, responses, scores, strict=True):
             r[name], r[f"{name}_score"] = text, s
@@ -82,9 +89,9 @@ def judge_models(params: dict, cfg: SFTParams, models: dict, tok: ChatTokenizer)
 
 
 def run(params: dict) -> dict:
-    raw = {**params["sft"]}
-    cfg = build_dataclass(SFTParams, raw, "params.yaml:sft")
-    train_cfg = TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
+    p = Params(params)
+    conf = configure(p)
+    cfg = conf.sft
     tok = ChatTokenizer.load(path(TOKENIZER))
     base = load_model(path("models/base"), arch="gpt")
     (train_ids, train_np), (held_ids, held_np) = split_examples(
@@ -92,44 +99,37 @@ def run(params: dict) -> dict:
     )
     sampler = EpochSampler(train_ids, train_np, cfg.batch_size, cfg.seed, tok.pad_id)
     held = EpochSampler(held_ids, held_np, cfg.batch_size, cfg.seed, tok.pad_id).eval_batches()
-    logged = {"sft": params["sft"], "judge": params.get("judge", {}), "runtime": params.get("runtime", {})}
     inputs = resume_inputs({"sft": params["sft"]}, ["models/base/model.safetensors", DEMOS, TOKENIZER])
-    resumable_meta(path(STATE) / "checkpoint", fingerprint(train_cfg, inputs), path(STATE))  # refuse early
-    with launch.session(params) as rt:
+    resumable_meta(path(STATE) / "checkpoint", fingerprint(cfg, inputs), path(STATE))  # refuse early
+    with lifecycle("sft", p, conf.runtime, state_dir=path(STATE)) as ctx:
+        rt, tr = ctx.rt, ctx.tracker
         model = load_model(path("models/base"), arch="gpt").to(rt.device)
         torch.manual_seed(distributed.rank_seed(cfg.seed))  # dropout masks differ per rank
-        t0 = time.perf_counter()
-        with launch.stage_run("sft", logged, state_dir=path(STATE)) as tr:
-            final = train_lm(
-                model, sampler, held, train_cfg, path(STATE) / "checkpoint", tr.log_metrics, name="sft", runtime=rt,
-                inputs=inputs, start_over=path(STATE),
-            )  # fmt: skip
-            seconds = time.perf_counter() - t0
-            peak = launch.peak_memory(rt)
-            if not distributed.is_main():
-                return {}  # rank 0 judges, reports and writes
-            with rt.autocast():
-                judged = judge_models(params, cfg, {"base": base.to(rt.device), "sft": model}, tok)
-            metrics = {
-                "loss": final["sft/loss"],
-                "val_loss": final.get("sft/val_loss"),
-                "n_train": len(train_ids),
-                "n_heldout": len(held_ids),
-                "seconds": seconds,
-                **judged,
-                "peak_memory_mb": max(peak, peak_memory_mb(rt.device)),
-                "world_size": distributed.world_size(),
-            }
-            tr.log_metrics({f"sft/{k}": v for k, v in metrics.items() if isinstance(v, float)}, train_cfg.steps)
-            save_model(path("models/sft"), model, path(TOKENIZER), stage="sft", steps=cfg.steps)
-            write_metrics("sft", metrics)
-    shutil.rmtree(path(STATE), ignore_errors=True)
+        final = train_lm(
+            model, sampler, held, cfg, path(STATE) / "checkpoint", tr.log_metrics, name="sft", runtime=rt,
+            inputs=inputs, start_over=path(STATE),
+        )  # fmt: skip
+        seconds = ctx.seconds()
+        ctx.sync_peak_memory()
+        if not ctx.is_main:
+            return {}  # rank 0 judges, reports and writes
+        with rt.autocast():
+            judged = judge_models(cfg, conf.judge, {"base": base.to(rt.device), "sft": model}, tok)
+        metrics = {
+            "loss": final["sft/loss"],
+            "val_loss": final.get("sft/val_loss"),
+            "n_train": len(train_ids),
+            "n_heldout": len(held_ids),
+            **judged,
+            **ctx.cost(seconds),
+        }
+        tr.log_metrics({f"sft/{k}": v for k, v in metrics.items() if isinstance(v, float)}, cfg.steps)
+        save_model(path("models/sft"), model, path(TOKENIZER), stage="sft", steps=cfg.steps)
+        write_metrics("sft", metrics)
     return metrics
 
 
-@stage_main
-def main() -> None:
-    launch.main("tasks.sft", __doc__, run)
+main = entry("tasks.sft", __doc__, run)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from rlhf.io import atomic_dir
 from rlhf.tokenizer import train_tokenizer
-from tasks.common import cli, load_params, path, section, stage_main
+from tasks.common import Params, model_free_entry, path
 
 OUT = "data/tokenizer"
 
@@ -45,11 +45,11 @@ def run(cfg: TokenizerParams, hf_path: str | None = None) -> dict:
     return {"vocab_size": tok.vocab_size}
 
 
-@stage_main
-def main() -> None:
-    cli(__doc__)
-    params = load_params()
-    print(run(section(params, "tokenizer", TokenizerParams), params.get("model", {}).get("hf_path")))
+def configure(p: Params) -> tuple[TokenizerParams, str | None]:
+    return p.section("tokenizer", TokenizerParams), p.value("model.hf_path")
+
+
+main = model_free_entry("tokenizer", __doc__, configure, lambda c: run(*c))
 
 
 if __name__ == "__main__":

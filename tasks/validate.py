@@ -36,7 +36,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from rlhf.data import DataError, import_preferences, read_prompts, read_table
 from rlhf.io import atomic_dir, write_json
 from rlhf.tokenizer import SPECIAL_TOKENS, ChatTokenizer, control_regex
-from tasks.common import load_params, params_path, path, section, stage_main
+from tasks.common import ParamError, build_dataclass, load_params, params_path, path, stage_main
 
 SUITES = {"demos": "demonstrations", "preferences": "preference_pairs"}
 TEXT = {"demos": ("prompt", "response"), "preferences": ("prompt", "chosen", "rejected")}
@@ -346,7 +346,7 @@ def run(
     tokenizer: str | Path,
     eval_prompts: str | Path,
     *,
-    block_size: int = 128,
+    block_size: int,
     min_rows: int = 1,
     max_prompt_tokens: int | None = None,
     report_dir: str | Path = "reports/validation",
@@ -388,11 +388,11 @@ def accepted_pairs(files: Sequence[str | Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).drop_duplicates() if frames else pd.DataFrame(columns=TRIPLE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ValidateParams:
-    min_demos: int = 1
+    min_demos: int
     """fewest demonstrations SFT may start from"""
-    min_pairs: int = 1
+    min_pairs: int
     """fewest preference pairs the reward model may start from"""
     max_prompt_tokens: int | None = None
     """longest prompt in tokens, chat markers included (None: block_size - 8)"""
@@ -400,19 +400,33 @@ class ValidateParams:
     """where <kind>.json and <kind>_docs/ go"""
 
 
-def defaults(kind: str, params_file: Path | None) -> dict[str, Any]:
-    """What params.yaml says for the options the command line leaves out (built-in defaults without it)."""
-    if params_file is not None and not params_file.exists():
-        raise FileNotFoundError(f"{params_file}: no such params file")
+def defaults(kind: str, params_file: Path | None, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options of the command line: those `given` (not None), the others from params.yaml (`model.block_size`
+    and the `validate` section). No built-in value stands in for one that neither gives."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
     params_file = params_file or params_path()
-    params = load_params(params_file) if params_file.exists() else {}
-    cfg = section(params, "validate", ValidateParams) if "validate" in params else ValidateParams()
-    return {
-        "block_size": params.get("model", {}).get("block_size", 128),
-        "min_rows": cfg.min_demos if kind == "demos" else cfg.min_pairs,
-        "max_prompt_tokens": cfg.max_prompt_tokens,
-        "report_dir": path(cfg.report_dir),
+    if not params_file.exists():
+        raise FileNotFoundError(f"{params_file}: no such params file")
+    params = load_params(params_file)
+    raw = params.get("validate")
+    cfg = build_dataclass(ValidateParams, raw, f"{params_file}:validate") if raw is not None else None
+    opts: dict[str, Any] = {
+        "max_prompt_tokens": cfg.max_prompt_tokens if cfg else None,
+        "report_dir": path(cfg.report_dir if cfg else ValidateParams.report_dir),
     }
+    if "block_size" not in given:
+        block_size = (params.get("model") or {}).get("block_size")
+        if not isinstance(block_size, int):
+            raise ParamError(
+                f"{params_file}: model.block_size must be an int (or pass --block-size), got {block_size!r}"
+            )
+        opts["block_size"] = block_size
+    if "min_rows" not in given:
+        key = "min_demos" if kind == "demos" else "min_pairs"
+        if cfg is None:
+            raise ParamError(f"{params_file}: no validate.{key} (or pass --min-rows)")
+        opts["min_rows"] = getattr(cfg, key)
+    return {**opts, **given}
 
 
 @stage_main
@@ -435,8 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     docs = not args.no_data_docs
     opts: dict[str, Any] = {"report_dir": Path(ValidateParams.report_dir)}
     try:
-        opts = defaults(args.kind, args.params)
-        opts.update({k: v for k in opts if (v := getattr(args, k)) is not None})
+        cli_opts = ("block_size", "min_rows", "max_prompt_tokens", "report_dir")
+        opts = defaults(args.kind, args.params, {k: getattr(args, k) for k in cli_opts})
         report = run(
             args.kind, args.input, args.tokenizer, args.eval_prompts, data_docs=docs,
             import_format=args.import_format, existing=args.existing, **opts,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rlhf.world import WorldConfig, build_world
-from tasks.common import cli, load_params, path, section, stage_main, write_metrics
+from tasks.common import Params, model_free_entry, path, write_metrics
 
 OUT_DIR = "data/world"
 
@@ -29,12 +29,11 @@ def run(cfg: WorldConfig) -> dict[str, Any]:
     return metrics
 
 
-@stage_main
-def main() -> None:
-    cli("Build the synthetic assistant world (corpus, demonstrations, prompt sets).")
-    cfg = section(load_params(), "world", WorldConfig)
-    metrics = run(cfg)
-    print(" ".join(f"{k}={v}" for k, v in metrics.items()))
+def configure(p: Params) -> WorldConfig:
+    return p.section("world", WorldConfig)
+
+
+main = model_free_entry("world", __doc__, configure, run)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from rlhf.dpo import DPOConfig, train_dpo
 from rlhf.lm_data import EpochSampler
 from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.model import GPT, GPTConfig, ScalarHeadModel
-from rlhf.ppo_run import train_ppo
+from rlhf.ppo_run import RunOptions, train_ppo
 from rlhf.ppo_trainer import PPOConfig, PPOState, learn, make_state
 from rlhf.reward import Pairs, RMConfig, train_reward_model
 from rlhf.rollout import Rollout, policy_forward, value_forward
@@ -120,7 +120,9 @@ def ppo_models() -> tuple[GPT, ScalarHeadModel]:
     return actor, ScalarHeadModel.from_lm(actor)
 
 
-PPO_CFG = PPOConfig(iterations=1, batch_size=8, mini_batches=1, ppo_epochs=2, lr=1e-3, critic_lr=1e-3, seed=0)
+PPO_CFG = PPOConfig(
+    iterations=1, batch_size=8, mini_batches=1, ppo_epochs=2, lr=1e-3, critic_lr=1e-3, max_new_tokens=48, seed=0
+)
 
 
 def ppo_scenario(workdir: Path) -> Result:
@@ -139,13 +141,13 @@ def global_stats_scenario(workdir: Path) -> Result:
     g = torch.Generator().manual_seed(4)
     x, v = torch.randn(8, 7, generator=g), torch.randn(8, 7, generator=g)
     mask = (torch.arange(7) < torch.randint(1, 8, (8, 1), generator=g)).float()
-    part = distributed.shard_slice(8)
-    diff = (distributed.masked_whiten(x[part], mask[part]) - ppo.masked_whiten(x, mask)[part]).abs().max()
+    part, red = distributed.shard_slice(8), distributed.reducer()
+    diff = (ppo.masked_whiten(x[part], mask[part], reduce=red) - ppo.masked_whiten(x, mask)[part]).abs().max()
     checks = {
         "whiten_max_diff": float(diff),
-        "mean_diff": abs(float(distributed.masked_mean(x[part], mask[part]) - ppo.masked_mean(x, mask))),
+        "mean_diff": abs(float(ppo.masked_mean(x[part], mask[part], reduce=red) - ppo.masked_mean(x, mask))),
         "explained_var_diff": abs(
-            distributed.explained_variance(v[part], x[part], mask[part]) - ppo.explained_variance(v, x, mask)
+            ppo.explained_variance(v[part], x[part], mask[part], reduce=red) - ppo.explained_variance(v, x, mask)
         ),
     }
     return {}, checks
@@ -158,7 +160,16 @@ def ppo_loop_scenario(workdir: Path) -> Result:
     torch.manual_seed(0)
     actor = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32))
     critic, ref = ScalarHeadModel.from_lm(actor, head_std=0.0), copy.deepcopy(actor).eval()
-    cfg = PPOConfig(iterations=2, batch_size=4, mini_batches=1, ppo_epochs=1, max_new_tokens=4, adaptive_kl=True)
+    cfg = PPOConfig(
+        iterations=2,
+        batch_size=4,
+        mini_batches=1,
+        ppo_epochs=1,
+        lr=5e-5,
+        critic_lr=1e-4,
+        max_new_tokens=4,
+        adaptive_kl=True,
+    )
     target = tok.encode("yes")[0]
 
     def score(ro: Rollout) -> torch.Tensor:  # how often the response says "yes"
@@ -177,11 +188,13 @@ def ppo_loop_scenario(workdir: Path) -> Result:
         [f"say {w}" for w in words],
         cfg,
         log,
-        workdir / "checkpoint",
-        checkpoint_every=1,
-        monitor=lambda prompts, responses: [float(len(r)) for r in responses],
-        snapshot=snapshot,
-        snapshot_every=1,
+        RunOptions(
+            workdir / "checkpoint",
+            checkpoint_every=1,
+            gold=lambda prompts, responses: [float(len(r)) for r in responses],
+            on_snapshot=snapshot,
+            snapshot_every=1,
+        ),
     )
     params = {f"actor.{k}": v for k, v in actor.state_dict().items()}
     report = {"logged": logged, "history": history, "kl_coef": state.kl_ctl.value}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rlhf.data import DataError, import_demos, import_preferences, ranking_to_pairs, read_prompts, read_table
+from rlhf.data import DataError, import_preferences, ranking_to_pairs, read_demos, read_prompts, read_table
 
 FORMATS = ["jsonl", "parquet", "csv"]
 # Where the second record of a file is: JSON lines and CSV count lines (CSV's header is line 1), Parquet rows.
@@ -42,7 +42,7 @@ DEMOS = [
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_demos_round_trip(tmp_path: Path, fmt: str) -> None:
-    df = import_demos(write_rows(tmp_path / f"demos.{fmt}", DEMOS))
+    df = read_demos(write_rows(tmp_path / f"demos.{fmt}", DEMOS))
     assert df[["prompt", "response", "family"]].to_dict("records") == DEMOS
     # the index says where each row is: CSV's third record starts on line 4 (its second spans two lines)
     expected = {"jsonl": [1, 2, 3], "parquet": [0, 1, 2], "csv": [2, 3, 4]}[fmt]
@@ -140,27 +140,27 @@ OK = b'{"prompt": "hi", "response": "yo"}\n'
 RANKED_OK = b'{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1]}\n'
 HH_APART = b'{"chosen": "Human: a\\n\\nAssistant: b", "rejected": "Human: c"}\n'
 BROKEN = {  # case: (file name, bytes, reader, location, rule)
-    "malformed_json": ("d.jsonl", OK + b'{"prompt": "x", }\n', import_demos, "line 2", "malformed JSON"),
-    "not_an_object": ("d.jsonl", OK + b"\n[1, 2]\n", import_demos, "line 3", "not an object"),
-    "invalid_utf8_jsonl": ("d.jsonl", OK + b'{"prompt": "\xff"}\n', import_demos, "line 2", "invalid UTF-8"),
+    "malformed_json": ("d.jsonl", OK + b'{"prompt": "x", }\n', read_demos, "line 2", "malformed JSON"),
+    "not_an_object": ("d.jsonl", OK + b"\n[1, 2]\n", read_demos, "line 3", "not an object"),
+    "invalid_utf8_jsonl": ("d.jsonl", OK + b'{"prompt": "\xff"}\n', read_demos, "line 2", "invalid UTF-8"),
     "invalid_utf8_csv": (
         "d.csv",
         b"prompt,response\nhi,yo\nb\xe9,x\n",
-        import_demos,
+        read_demos,
         "line 3",
         "invalid UTF-8",
     ),
-    "empty_prompt": ("d.jsonl", OK + b'{"prompt": "  ", "response": "x"}\n', import_demos, "line 2", "empty"),
-    "empty_prompt_csv": ("d.csv", b"prompt,response\nhi,yo\n,x\n", import_demos, "line 3", "empty"),
-    "missing_key": ("d.jsonl", OK + b'{"prompt": "x"}\n', import_demos, "line 2", "'response': missing"),
+    "empty_prompt": ("d.jsonl", OK + b'{"prompt": "  ", "response": "x"}\n', read_demos, "line 2", "empty"),
+    "empty_prompt_csv": ("d.csv", b"prompt,response\nhi,yo\n,x\n", read_demos, "line 3", "empty"),
+    "missing_key": ("d.jsonl", OK + b'{"prompt": "x"}\n', read_demos, "line 2", "'response': missing"),
     "not_a_string": (
         "d.jsonl",
         OK + b'{"prompt": 5, "response": "x"}\n',
-        import_demos,
+        read_demos,
         "line 2",
         "not a string",
     ),
-    "csv_field_count": ("d.csv", b"prompt,response\nhi,yo\na,b,c\n", import_demos, "line 3", "3 fields"),
+    "csv_field_count": ("d.csv", b"prompt,response\nhi,yo\na,b,c\n", read_demos, "line 3", "3 fields"),
     "duplicate_id": (
         "p.jsonl",
         b'{"id": 1, "prompt": "x"}\n{"id": 1, "prompt": "y"}\n',
@@ -216,7 +216,7 @@ BROKEN = {  # case: (file name, bytes, reader, location, rule)
     "control_in_demo": (
         "d.jsonl",
         OK + b'{"prompt": "x", "response": "<|pad|>"}\n',
-        import_demos,
+        read_demos,
         "line 2",
         "'<|pad|>'",
     ),
@@ -228,7 +228,7 @@ def test_a_utf8_bom_is_read(tmp_path: Path, suffix: str) -> None:
     """Excel and many Windows tools start a UTF-8 file with a byte order mark."""
     path = write_rows(tmp_path / f"d.{suffix}", DEMOS)
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
-    df = import_demos(path)
+    df = read_demos(path)
     assert list(df.columns[:2]) == ["prompt", "response"] and df["prompt"].tolist() == [d["prompt"] for d in DEMOS]
 
 
@@ -245,13 +245,13 @@ def test_broken_files_name_file_row_and_rule(tmp_path: Path, case: str) -> None:
 def test_parquet_errors_name_the_row(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "d.parquet", [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": " "}])
     with pytest.raises(DataError, match=r"d\.parquet: row 1, column 'response': empty"):
-        import_demos(path)
+        read_demos(path)
 
 
 def test_missing_column_names_file_and_column(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "d.jsonl", [{"prompt": "a", "answer": "b"}])
     with pytest.raises(DataError, match=r"d\.jsonl: missing required column\(s\) \['response'\]"):
-        import_demos(path)
+        read_demos(path)
 
 
 def test_unreadable_parquet_and_unknown_extension(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ def _sft_root(root: Path, nproc: int) -> Path:
     (root / "data/prepared/demos.jsonl").write_text("".join(json.dumps(d) + "\n" for d in demos))
     sft = {"steps": 2, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "eval_every": 1, "checkpoint_every": 1}
     params = {
-        "sft": {**sft, "seed": 0, "heldout_frac": 0.2, "eval_prompts": 0},
+        "sft": {**sft, "seed": 0, "heldout_frac": 0.2, "eval_prompts": 0, "eval_temperature": 0.7, "max_new_tokens": 8},
         "runtime": {"device": "auto", "precision": "auto", "nproc_per_node": nproc},
         "judge": {"gold": "none"},
     }
@@ -189,12 +189,12 @@ def test_sft_stage_relaunches_itself_under_torchrun(tmp_path, monkeypatch):
 
 def test_runtime_params_and_device_resolution():
     from rlhf.device import resolve
-    from tasks.common import ParamError
-    from tasks.launch import runtime_params, torchrun_command
+    from tasks.common import ParamError, Params
+    from tasks.stage import torchrun_command
 
-    assert runtime_params({}).nproc_per_node == 1  # params files without the section keep working
+    assert Params({}).runtime().nproc_per_node == 1  # params files without the section keep working
     with pytest.raises(ParamError, match="unknown key"):
-        runtime_params({"runtime": {"world": 2}})
+        Params({"runtime": {"world": 2}}).runtime()
     cmd = torchrun_command("tasks.ppo", 4, ["--params", "p.yaml"])
     assert cmd[1:] == [
         "-m",
@@ -228,11 +228,11 @@ def test_bf16_autocast_path_runs(tmp_path):
     rt = Runtime(torch.device("cpu"), "bf16")
     examples = ddp_worker._sequences(8, seed=1)
     sampler = EpochSampler(examples, [3] * 8, batch_size=4, seed=0, pad_id=0)
-    cfg = TrainConfig(steps=1, batch_size=4, eval_every=1, checkpoint_every=0)
+    cfg = TrainConfig(steps=1, batch_size=4, lr=1e-3, warmup_steps=50, eval_every=1, checkpoint_every=0)
     out = train_lm(GPT(ddp_worker.CFG), sampler, sampler.eval_batches(), cfg, tmp_path, lambda m, s: None, runtime=rt)
     assert all(map(math.isfinite, out.values()))
     pairs = Pairs(examples[:4], examples[4:])
-    rm_cfg = RMConfig(epochs=1, batch_size=4, eval_every=1)
+    rm_cfg = RMConfig(epochs=1, batch_size=4, lr=3e-4, eval_every=1, patience=4)
     best = train_reward_model(ScalarHeadModel(ddp_worker.CFG), pairs, pairs, rm_cfg, 0, lambda m, s: None, runtime=rt)
     assert math.isfinite(best["loss"])
     actor, critic = ddp_worker.ppo_models()

@@ -45,13 +45,16 @@ def test_at_initialisation_loss_is_log2_and_rewards_are_zero():
     assert st["chosen_reward"] == st["rejected_reward"] == st["margin"] == 0.0
 
 
+DPO_REQUIRED = {"steps": 10, "lr": 1e-5, "eval_every": 5, "patience": 2, "checkpoint_every": 0}
+
+
 def test_bad_arguments_are_errors():
     with pytest.raises(ValueError, match="loss_type"):
         dpo_loss(PC, PR, RC, RR, beta=0.5, loss_type="hinge")
     with pytest.raises(ValueError, match="loss_type"):
-        DPOConfig(loss_type="kto")
+        DPOConfig(**DPO_REQUIRED, loss_type="kto")
     with pytest.raises(ValueError, match="beta"):
-        DPOConfig(beta=0.0)
+        DPOConfig(**DPO_REQUIRED, beta=0.0)
 
 
 def test_prompt_and_padding_positions_do_not_count():
@@ -100,7 +103,9 @@ def _train(tiny_cfg, tmp_path, stop_at=None, state="state", cfg=None):
     torch.manual_seed(0)
     model = GPT(tiny_cfg)
     reference = copy.deepcopy(model).eval()
-    cfg = cfg or DPOConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=2, beta=0.5, eval_every=10, patience=5)
+    cfg = cfg or DPOConfig(
+        steps=30, batch_size=16, lr=3e-3, warmup_steps=2, beta=0.5, eval_every=10, patience=5, checkpoint_every=50
+    )
     logged = []
     best = train_dpo(
         model, reference, toy_pairs(128, 0), toy_pairs(64, 1), cfg, 0, tmp_path / state,

@@ -317,8 +317,8 @@ def test_fresh_clone_dvc_and_flow_agree(harness: None, tmp_path: Path, monkeypat
         filter_string=f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'",
         output_format="list",
     )
-    # compare_methods runs the evaluate stage's code twice (DPO vs SFT, PPO vs DPO)
-    assert sorted(r.info.run_name for r in children) == ["evaluate", "evaluate", "evaluate", "ppo", "register"]
+    # compare_methods runs the evaluate stage's code twice (DPO vs SFT, PPO vs DPO) in its one run
+    assert sorted(r.info.run_name for r in children) == ["compare_methods", "evaluate", "ppo", "register"]
     assert ran_stages(run_dvc(clone, "repro", env=quiet)) == []  # DVC agrees with the flow
 
     # The challenger-vs-champion evaluation the flow uses once a champion exists: any two checkpoints.
@@ -465,3 +465,32 @@ def test_feedback_left_untrained_by_a_failed_run_is_retrained_next_time(tmp_path
     assert feedback_pending(root)
     dvc_cli(root, "repro")
     assert not feedback_pending(root)
+
+
+def test_stage_output_lines_reach_the_prefect_run_logs(harness: None, tmp_path: Path) -> None:
+    """What a stage prints (progress and result lines) is in its Prefect run's logs, not only on a console."""
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+    from prefect.runtime import flow_run
+
+    from flows.pipeline import run_logged
+
+    script = "import sys; print('[sft] 50% 10 it/s ETA 3s'); print('error: bad row', file=sys.stderr); print('{}')"
+
+    @task
+    def stage() -> int:
+        return run_logged([sys.executable, "-c", script], tmp_path)[0]
+
+    @flow
+    def toy() -> tuple[int, str]:
+        return stage(), flow_run.get_id()
+
+    code, run_id = toy()
+    APILogHandler().flush()  # the handler sends in batches: drain them before reading
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    messages = [log.message for log in logs]
+    assert code == 0
+    assert {"[sft] 50% 10 it/s ETA 3s", "error: bad row", "{}"} <= set(messages), messages

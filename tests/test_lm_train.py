@@ -68,7 +68,7 @@ def test_sft_sampler_is_a_function_of_the_step():
 
 
 def test_lr_schedule_warmup_then_cosine():
-    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, checkpoint_every=0, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == 0.1 and lr_at(9, cfg) == 1.0
     assert abs(lr_at(100, cfg) - 0.1) < 1e-9
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))

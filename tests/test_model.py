@@ -128,7 +128,7 @@ def test_sampling_never_picks_a_filtered_token():
 
     torch.manual_seed(0)
     logits = torch.randn(4096, 50)
-    cfg = SamplingConfig(temperature=1.0, top_k=3)
+    cfg = SamplingConfig(max_new_tokens=48, temperature=1.0, top_k=3)
     tok, logp = _sample(logits, cfg, torch.Generator().manual_seed(1))
     top3 = logits.topk(3, dim=-1).indices
     assert bool((tok[:, None] == top3).any(1).all())

@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import sys
 import typing
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,15 +22,24 @@ SECTIONS = {
     "data": ("tasks.prepare", "DataParams"),
     "tokenizer": ("tasks.tokenizer", "TokenizerParams"),
     "model": ("rlhf.model", "GPTConfig"),
-    "runtime": ("tasks.launch", "RuntimeParams"),
+    "runtime": ("tasks.common", "RuntimeParams"),
     "pretrain": ("rlhf.lm_train", "TrainConfig"),
     "sft": ("tasks.sft", "SFTParams"),
     "validate": ("tasks.validate", "ValidateParams"),
     "preferences": ("tasks.preferences", "PreferenceParams"),
     "reward_model": ("tasks.reward_model", "RewardParams"),
+    "dpo": ("rlhf.dpo", "DPOConfig"),
     "ppo": ("tasks.ppo", "PPOParams"),
     "evaluate": ("tasks.evaluate", "EvalParams"),
 }
+
+
+PARAMS_YAML = Path(__file__).resolve().parent.parent / "params.yaml"
+
+
+def section_values(name: str) -> dict:
+    """The section `name` of the project's params.yaml, for tests that build a stage's config as it runs."""
+    return dict(yaml.safe_load(PARAMS_YAML.read_text())[name])
 
 
 def _cls(name: str) -> type:
@@ -55,6 +65,42 @@ def test_every_numeric_param_has_a_range():
 
     missing = {name: [f for f in _numeric_fields(_cls(name)) if f not in RANGES] for name in SECTIONS}
     assert {k: v for k, v in missing.items() if v} == {}
+
+
+def _disagreements(cls: type, raw: dict, where: str) -> list[str]:
+    """Fields of `cls` whose default differs from the value params.yaml gives them (nested sections too)."""
+    hints, out = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _disagreements(hints[f.name], raw[f.name], f"{where}.{f.name}")
+        elif f.default is not dataclasses.MISSING and f.default != raw[f.name]:
+            out.append(f"{where}.{f.name}: default {f.default!r}, params.yaml {raw[f.name]!r}")
+    return out
+
+
+def test_no_config_default_disagrees_with_params_yaml():
+    """A value params.yaml holds is either required (no default) or defaulted to the very same value, so code
+    that builds a config without params.yaml (a test, a notebook) gets what the pipeline runs with."""
+    params = yaml.safe_load(PARAMS_YAML.read_text())
+    assert [d for name in SECTIONS for d in _disagreements(_cls(name), params[name], name)] == []
+
+
+def test_the_served_actor_samples_as_the_pipeline_evaluates():
+    from rlhf.serving import DEFAULTS
+
+    params = yaml.safe_load(PARAMS_YAML.read_text())["evaluate"]
+    assert (DEFAULTS["max_new_tokens"], DEFAULTS["temperature"]) == (params["max_new_tokens"], params["temperature"])
+
+
+def test_a_missing_key_is_named():
+    from tasks.common import ParamError, build_dataclass
+
+    raw = section_values("ppo")
+    del raw["max_new_tokens"]
+    with pytest.raises(ParamError, match=r"params.yaml:ppo: missing key\(s\) \['max_new_tokens'\]"):
+        build_dataclass(_cls("ppo"), raw, "params.yaml:ppo")
 
 
 @pytest.mark.parametrize(
@@ -171,7 +217,7 @@ def test_stage_cli_prints_a_data_error_alone(empty_root, capsys):
 def test_validate_cli_prints_a_params_error_alone(empty_root, capsys):
     from tasks import validate
 
-    (empty_root / "params.yaml").write_text(yaml.safe_dump({"validate": {"min_demos": 0}}))
+    (empty_root / "params.yaml").write_text(yaml.safe_dump({"validate": {"min_demos": 0, "min_pairs": 100}}))
     with pytest.raises(SystemExit) as exit_info:
         validate.main(["demos", "--input", "x.jsonl", "--tokenizer", "t.json", "--eval-prompts", "e.jsonl"])
     err = capsys.readouterr().err

@@ -39,12 +39,12 @@ def test_stages_run_in_order(root):
         validate,
         world,
     )
-    from tasks.common import section
+    from tasks.common import Params
 
     params = _params()
-    world.run(section(params, "world", world.WorldConfig))
-    prepare.run(section(params, "data", prepare.DataParams))
-    tokenizer.run(section(params, "tokenizer", tokenizer.TokenizerParams))
+    world.run(Params(params).section("world", world.WorldConfig))
+    prepare.run(Params(params).section("data", prepare.DataParams))
+    tokenizer.run(Params(params).section("tokenizer", tokenizer.TokenizerParams))
     validate.run(
         "demos",
         root / "data/prepared/demos.jsonl",
@@ -96,7 +96,7 @@ def test_stages_run_in_order(root):
 def test_bad_demos_row_is_named_and_nothing_is_overwritten(root):
     from rlhf.data import DataError
     from tasks import prepare
-    from tasks.common import section
+    from tasks.common import Params
 
     before = {p: p.read_bytes() for p in (root / "data/prepared").iterdir()}
     bad = root / "data/user/demos.jsonl"
@@ -104,5 +104,5 @@ def test_bad_demos_row_is_named_and_nothing_is_overwritten(root):
     params = _params()
     params["data"]["demos"] = "data/user/demos.jsonl"
     with pytest.raises(DataError, match=r"demos.jsonl: line 2"):
-        prepare.run(section(params, "data", prepare.DataParams))
+        prepare.run(Params(params).section("data", prepare.DataParams))
     assert {p: p.read_bytes() for p in (root / "data/prepared").iterdir()} == before

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf.model import GPT, GPTConfig, ScalarHeadModel
-from rlhf.ppo_run import train_ppo
+from rlhf.ppo_run import RunOptions, train_ppo
 from rlhf.ppo_trainer import PPOConfig, make_state, ppo_iteration
 from rlhf.tokenizer import train_tokenizer
 
@@ -72,9 +72,7 @@ def _train(tok, cfg, tmp_path, name, stop_at=None):
         PROMPTS,
         cfg,
         lambda m, s: None,
-        tmp_path / name,
-        checkpoint_every=2,
-        stop_at=stop_at,
+        RunOptions(tmp_path / name, checkpoint_every=2, stop_at=stop_at),
     )
     return state, hist
 
@@ -93,14 +91,23 @@ def test_nan_halts_before_checkpoint(tok, models, tmp_path):
     actor, critic, ref = models
     state = make_state(actor, critic, CFG)
     ckpt = tmp_path / "ckpt"
-    train_ppo(state, ref, _score_fn(tok), tok, PROMPTS, CFG, lambda m, s: None, ckpt, checkpoint_every=2, stop_at=2)
+    train_ppo(
+        state,
+        ref,
+        _score_fn(tok),
+        tok,
+        PROMPTS,
+        CFG,
+        lambda m, s: None,
+        RunOptions(ckpt, checkpoint_every=2, stop_at=2),
+    )
     before = {p.name: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()}
 
     def nan_score(ro):
         return torch.full((ro.responses.shape[0],), float("nan"))
 
     with pytest.raises(FloatingPointError, match="loss is nan"):
-        train_ppo(state, ref, nan_score, tok, PROMPTS, CFG, lambda m, s: None, ckpt, checkpoint_every=1)
+        train_ppo(state, ref, nan_score, tok, PROMPTS, CFG, lambda m, s: None, RunOptions(ckpt, checkpoint_every=1))
     after = {p.name: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()}
     assert before == after
 
@@ -121,7 +128,7 @@ def test_ppo_raises_a_toy_reward(tok, models, tmp_path):
     actor, critic, ref = models
     state = make_state(actor, critic, cfg)
     hist = train_ppo(
-        state, ref, _score_fn(tok), tok, PROMPTS, cfg, lambda m, s: None, tmp_path / "c", checkpoint_every=0
+        state, ref, _score_fn(tok), tok, PROMPTS, cfg, lambda m, s: None, RunOptions(tmp_path / "c", checkpoint_every=0)
     )
     first = sum(h["objective/rm_score"] for h in hist[:3]) / 3
     last = sum(h["objective/rm_score"] for h in hist[-3:]) / 3
@@ -189,6 +196,9 @@ def test_critic_from_the_reward_model_starts_at_the_normalised_reward(tok, model
     """PPO's reward is (r − mean) / std: a critic copied from the reward model starts in those units, so its value
     at the last token is the normalised reward; with a judge as the reward it starts at zero instead."""
     from tasks.ppo import PPOParams, make_critic
+    from tests.test_params import section_values
+
+    PPO_PARAMS = section_values("ppo")
 
     actor, _, _ = models
     torch.manual_seed(3)
@@ -199,11 +209,13 @@ def test_critic_from_the_reward_model_starts_at_the_normalised_reward(tok, model
     ids = torch.randint(3, tok.vocab_size, (4, 12))
     mask = torch.ones_like(ids)
     mean, std = -0.98, 1.008
-    critic = make_critic(PPOParams(), actor, rm, mean, std)
+    critic = make_critic(PPOParams(**PPO_PARAMS), actor, rm, mean, std)
     with torch.no_grad():
         expected = (rm.score(ids, mask) - mean) / std
         torch.testing.assert_close(critic.score(ids, mask), expected, rtol=1e-5, atol=1e-6)
-        judge_critic = make_critic(PPOParams(reward="mypackage.judges:score"), actor, rm, mean, std)
+        judge_critic = make_critic(
+            PPOParams(**{**PPO_PARAMS, "reward": "mypackage.judges:score"}), actor, rm, mean, std
+        )
         assert judge_critic(ids).abs().max() == 0.0
     assert all(p.requires_grad for p in critic.parameters()) and not any(p.requires_grad for p in rm.parameters())
 
@@ -233,8 +245,8 @@ def test_resume_is_refused_when_the_reward_or_the_sft_model_changed(tok, tmp_pat
         state = make_state(actor, ScalarHeadModel.from_lm(actor, head_std=0.0), CFG)
         ckpt = tmp_path / "state" / "checkpoint"
         log = lambda m, s: None  # noqa: E731
-        kw = {"stop_at": stop_at, "inputs": ppo_inputs(p), "start_over": tmp_path / "state"}
-        return train_ppo(state, copy.deepcopy(actor).eval(), _score_fn(tok), tok, PROMPTS, CFG, log, ckpt, 2, **kw)
+        opts = RunOptions(ckpt, 2, stop_at=stop_at, inputs=ppo_inputs(p), start_over=tmp_path / "state")
+        return train_ppo(state, copy.deepcopy(actor).eval(), _score_fn(tok), tok, PROMPTS, CFG, log, opts)
 
     run(params, stop_at=2)
     other_reward = {**params, "ppo": {**params["ppo"], "reward": "mypackage.judges:score"}}

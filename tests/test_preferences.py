@@ -13,11 +13,13 @@ def test_empty_samples_are_left_out_and_counted(monkeypatch):
     prompts = pd.DataFrame({"id": ["a", "b", "c"], "prompt": ["Name a colour.", "Say hi.", "Count to two."]})
     samples = ["Blue.", "", "Red, I think.", "  \n", "", "Hello!", "", "", "One, two."]  # k = 3 per prompt
     monkeypatch.setattr(preferences, "read_prompts", lambda p: prompts)
-    monkeypatch.setattr(preferences, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr(preferences, "load_model", lambda *a, **k: SimpleNamespace(to=lambda device: None))
     monkeypatch.setattr(preferences, "ChatTokenizer", SimpleNamespace(load=lambda p: None))
     monkeypatch.setattr(preferences, "file_hash", lambda p: "hash")
     monkeypatch.setattr(preferences, "generate_text", lambda model, tok, texts, sampling, seed: samples)
-    cfg = preferences.PreferenceParams(k=3)
+    from tests.test_params import section_values
+
+    cfg = preferences.PreferenceParams(**{**section_values("preferences"), "k": 3})
     df, stats = preferences.collect_world(cfg)
     assert stats["empty_responses"] == 5
     assert (df["chosen"].str.strip() != "").all() and (df["rejected"].str.strip() != "").all()

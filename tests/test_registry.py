@@ -232,6 +232,37 @@ def test_versions_carry_lineage(registry_runs: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
+def test_every_registered_version_carries_a_model_card(registry_runs: dict[str, Any]) -> None:
+    """Its description says what it is, the data and params it came from, its headline metrics, how to serve it."""
+    import mlflow
+
+    client = mlflow.MlflowClient(registry_runs["uri"])
+    versions = [(ACTOR, v) for v in ("1", "2", "3")] + [(CRITIC, "1"), (REWARD_MODEL, "1")]
+    for name, version in versions:
+        card = client.get_model_version(name, version).description
+        for section in (f"# {name}", "## Data", "## Params", "## Headline metrics", "## Serve"):
+            assert section in card, (name, version, section)
+        assert f"models:/{name}/<version>" in card
+    actor = client.get_model_version(ACTOR, "2").description
+    assert "trained by PPO" in actor and "models/sft: `" + "a" * 32 + ".dir`" in actor
+    assert '"lr": 2e-05' in actor  # the params of the dvc.lock entry it came from
+
+
+def test_a_model_card_reports_the_headline_metrics(tmp_path: Path) -> None:
+    (tmp_path / "metrics").mkdir()
+    win = {"win_rate": 0.61, "ci_low": 0.55, "ci_high": 0.67, "n": 200}
+    (tmp_path / "metrics/eval.json").write_text(json.dumps({"gold": win, "kl": 4.25}))
+    lines = registry.headline_metrics(tmp_path, ACTOR, "ppo")
+    assert lines == ["- eval.json `gold`: win-rate 0.610 [95% CI 0.550, 0.670] vs SFT", "- eval.json `kl`: 4.25"]
+    tags = {"method": "ppo", "lineage.params": '{"ppo": {"kl_coef": 0.05}}', "lineage.dvc.deps.models/sft": "abc"}
+    card = registry.model_card(ACTOR, tags, lines, {"arch": "gpt", "model": {"block_size": 128}})
+    assert "The policy (actor) trained by PPO against the reward model: a causal LM" in card
+    assert "- models/sft: `abc`" in card and '{"ppo": {"kl_coef": 0.05}}' in card and lines[0] in card
+    assert "context 128 tokens" in card
+    assert registry.headline_metrics(tmp_path, REWARD_MODEL, None) == ["- (no metrics files found under metrics/)"]
+
+
+@pytest.mark.slow
 def test_pyfunc_models_load_and_predict(registry_runs: dict[str, Any]) -> None:
     import pandas as pd
     import torch

@@ -194,7 +194,7 @@ def write_inputs(work: Path, tok: ChatTokenizer, demo_rows: list[dict]) -> list[
     (work / "eval.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in EVAL))
     (work / "unrelated.txt").write_text("must stay as it is\n")
     tok.save(work / "tokenizer.json")
-    (work / "params.yaml").write_text(f"model:\n  block_size: {BLOCK}\nvalidate:\n  min_demos: 2\n")
+    (work / "params.yaml").write_text(f"model:\n  block_size: {BLOCK}\nvalidate:\n  min_demos: 2\n  min_pairs: 2\n")
     files = ["--input", "demos.jsonl", "--tokenizer", "tokenizer.json", "--eval-prompts", "eval.jsonl"]
     return [*files, "--params", "params.yaml", "--report-dir", "reports"]  # block size, min rows: params
 
@@ -286,10 +286,11 @@ def test_a_rejected_user_file_leaves_the_last_good_preferences_in_place(
     from tasks import preferences
     from tasks.common import load_params
     from tests.conftest import working_root
+    from tests.test_params import section_values
 
     params = {
         "data": {"preferences": "data/user/bad.jsonl", "preferences_format": "auto"},
-        "preferences": {},
+        "preferences": section_values("preferences"),
         "model": {"block_size": BLOCK},
     }
     root, mp = working_root(tmp_path_factory, "bad-user-prefs", yaml.safe_dump(params))
