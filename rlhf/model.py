@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,9 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
+        # runtime.gradient_checkpointing (set by rlhf.lora.set_gradient_checkpointing): recompute each block's
+        # activations in backward instead of storing them; a runtime switch, so not part of GPTConfig's checkpoint.
+        self.gradient_checkpointing = False
 
     def forward(
         self,
@@ -175,8 +179,12 @@ class Transformer(nn.Module):
         elif past > 0 and T > 1:  # several queries after a cached prefix: causal with an offset
             mask = attention_bias(torch.ones(B, past + T, dtype=torch.bool, device=idx.device), T)
         x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for layer, block in enumerate(self.h):
-            x = block(x, mask, cache, layer)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(block, x, mask, None, layer, use_reentrant=False)
+            else:
+                x = block(x, mask, cache, layer)
         if cache is not None:
             cache.length = past + T
         return self.ln_f(x)

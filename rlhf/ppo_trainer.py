@@ -151,9 +151,11 @@ def make_state(actor: GPT, critic: ScalarHeadModel, cfg: PPOConfig, runtime: Run
     check_batch_sizes(cfg, world_size=distributed.world_size())
     disable_dropout(actor)
     disable_dropout(critic)
+    # Only what requires grad: with LoRA (rlhf.lora) the frozen bodies carry no optimizer state.
+    trainable = [[p for p in m.parameters() if p.requires_grad] for m in (actor, critic)]
     groups = [
-        {"params": list(actor.parameters()), "lr": cfg.lr, "initial_lr": cfg.lr},
-        {"params": list(critic.parameters()), "lr": cfg.critic_lr, "initial_lr": cfg.critic_lr},
+        {"params": trainable[0], "lr": cfg.lr, "initial_lr": cfg.lr},
+        {"params": trainable[1], "lr": cfg.critic_lr, "initial_lr": cfg.critic_lr},
     ]
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.0, eps=1e-5, fused=True)
     kl_ctl = (
