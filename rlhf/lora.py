@@ -108,7 +108,8 @@ def resolved(cfg: LoRAConfig, model: nn.Module) -> LoRAConfig:
 
 
 def has_scalar_head(model: nn.Module) -> bool:
-    return isinstance(getattr(model, "head", None), nn.Linear)
+    """A reward model or critic (ScalarHeadModel, HFScalarHeadModel): its head a Linear or peft's wrapper of one."""
+    return isinstance(getattr(model, "head", None), nn.Module)
 
 
 def apply_lora(model: nn.Module, cfg: LoRAConfig, name: str = "default") -> nn.Module:
@@ -131,11 +132,6 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, name: str = "default") -> nn.M
     )
     model.requires_grad_(False)
     return get_peft_model(model, peft_cfg, adapter_name=name)
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """What an optimizer gets: the parameters that require grad (with LoRA, adapters and heads only)."""
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 def trainable_head(model: nn.Module) -> nn.Linear:
@@ -192,14 +188,16 @@ def set_gradient_checkpointing(model: nn.Module, on: bool) -> nn.Module:
     """params `runtime.gradient_checkpointing`: recompute block activations in backward instead of keeping them
     (built-in GPT: its block loop; HF: gradient_checkpointing_enable), non-reentrant so frozen inputs and
     adapters get correct gradients. Only training forwards with grad are recomputed; rollouts are unchanged."""
-    for m in model.modules():
+    done: list[str] = []  # HF models handled: one call covers the models nested in it (else layers nest twice)
+    for name, m in model.named_modules():
         if isinstance(m, Transformer):
             m.gradient_checkpointing = on
-        elif hasattr(m, "gradient_checkpointing_enable") and getattr(m, "supports_gradient_checkpointing", False):
-            if on:
-                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            elif m.is_gradient_checkpointing:
-                m.gradient_checkpointing_disable()
+        elif getattr(m, "supports_gradient_checkpointing", False) and not any(name.startswith(d) for d in done):
+            done.append(name + ".")
+            if on:  # transformers 5's name (gradient_checkpointing_enable is deprecated)
+                m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            elif m.is_activation_checkpointing:
+                m.activation_checkpointing_disable()
     return model
 
 
