@@ -319,10 +319,11 @@ def learn(state: PPOState, ro: Rollout, cfg: PPOConfig, lr_frac: float) -> dict[
 
 
 def check_finite(state: PPOState) -> None:
-    """A NaN or Inf in the weights stops the run before any checkpoint is overwritten."""
+    """A NaN or Inf in the weights stops the run before any checkpoint is overwritten. Only trained weights can
+    turn: frozen ones (LoRA's bodies) are skipped, which also spares a bool copy of each of them."""
     for name, model in (("actor", state.actor), ("critic", state.critic)):
         for pname, p in model.named_parameters():
-            if not torch.isfinite(p).all():
+            if p.requires_grad and not torch.isfinite(p).all():
                 raise FloatingPointError(
                     f"PPO iteration {state.iteration}: non-finite values in {name}.{pname}; "
                     "the last good checkpoint was left untouched"
