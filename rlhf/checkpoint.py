@@ -52,7 +52,9 @@ def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def write_model(out: Path, model: torch.nn.Module, tokenizer_path: Path | None, extra: dict[str, Any]) -> None:
     """Write the model files into an existing directory `out` (used inside an atomic_dir)."""
     save_file(_state_tensors(model), str(out / "model.safetensors"))
-    if hasattr(model, "checkpoint_config"):  # an HF model (rlhf.hf) says how to rebuild itself
+    if hasattr(model, "peft_config"):  # a LoRA model (rlhf.lora) in a training state: resumed by load_state_dict
+        config = {"arch": "lora-training-state", "adapters": sorted(model.peft_config), **extra}
+    elif hasattr(model, "checkpoint_config"):  # an HF model (rlhf.hf) says how to rebuild itself
         config = {**model.checkpoint_config(), **extra}
     else:
         config = {"arch": _arch_name(model), "model": dataclasses.asdict(model.cfg), **extra}

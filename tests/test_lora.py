@@ -250,3 +250,30 @@ def test_ppo_with_lora_raises_a_toy_reward(tmp_path):
     last = sum(h["objective/rm_score"] for h in hist[-3:]) / 3
     assert last > first + 1.0
     assert hist[-1]["objective/kl"] > 0.01  # the reference stayed the SFT model while the actor moved
+
+
+def test_ppo_with_lora_resumes_to_the_same_metrics(tmp_path):
+    """A PPO checkpoint of LoRA models (a training state) resumes to the metrics of an uninterrupted run."""
+    from rlhf.ppo_run import train_ppo
+    from rlhf.tokenizer import train_tokenizer
+    from tests.test_ppo_trainer import CFG, PROMPTS, WORDS, _score_fn
+
+    tok = train_tokenizer([" ".join(WORDS)] * 10 + [f"say {w}" for w in WORDS], vocab_size=300)
+
+    def run(name: str, stop_at: int | None = None) -> list[dict]:
+        torch.manual_seed(0)
+        sft = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32))
+        critic = apply_lora(ScalarHeadModel.from_lm(copy.deepcopy(sft), head_std=0.0), LORA, name="critic")
+        actor = apply_lora(sft, LORA)
+        state = make_state(actor, critic, CFG)
+        log = lambda m, s: None  # noqa: E731
+        kw = {"checkpoint_every": 2, "stop_at": stop_at}
+        return train_ppo(state, AdapterOff(actor), _score_fn(tok), tok, PROMPTS, CFG, log, tmp_path / name, **kw)
+
+    straight = run("a")
+    run("b", stop_at=3)
+    resumed = run("b")
+    assert len(resumed) == len(straight) == CFG.iterations
+    for a, b in zip(straight, resumed, strict=True):
+        for key in ("objective/rm_score", "objective/kl", "ppo/policy/pg_loss", "ppo/val/vf_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
