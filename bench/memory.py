@@ -155,8 +155,8 @@ def ppo_models(backend: str, mode: str) -> tuple:
     """(actor, critic, reference, reward model) as the PPO stage would hold them."""
     import copy
 
+    from rlhf import lora as L
     from rlhf.device import freeze
-    from rlhf.lora import AdapterOff, LoRAConfig, apply_lora, critic_on_reward_model, set_gradient_checkpointing
     from rlhf.model import ScalarHeadModel
 
     lm = build_lm(backend)
@@ -166,12 +166,9 @@ def ppo_models(backend: str, mode: str) -> tuple:
         critic = copy.deepcopy(rm).train().requires_grad_(True)
         reward = rm
     else:
-        lora = LoRAConfig(r=LORA_R, alpha=2.0 * LORA_R)
-        actor = apply_lora(lm, lora)
-        ref = AdapterOff(actor)
-        critic, reward = critic_on_reward_model(rm, lora, mean=0.0, std=1.0)
-    set_gradient_checkpointing(actor, mode == "lora_gc")
-    set_gradient_checkpointing(critic, mode == "lora_gc")
+        actor, ref, critic, reward = L.ppo_models(lm, rm, L.LoRAConfig(r=LORA_R, alpha=2.0 * LORA_R), 0.0, 1.0)
+    L.set_gradient_checkpointing(actor, mode == "lora_gc")
+    L.set_gradient_checkpointing(critic, mode == "lora_gc")
     return actor, critic, ref, reward
 
 

@@ -184,6 +184,18 @@ def critic_on_reward_model(
     return critic, AdapterOff(critic)
 
 
+def ppo_models(
+    sft: nn.Module, rm: nn.Module, cfg: LoRAConfig, mean: float | None, std: float | None
+) -> tuple[nn.Module, AdapterOff, nn.Module, AdapterOff]:
+    """PPO's four models on two frozen bodies: (actor, reference, critic, reward model). `sft` (the SFT LM) gets
+    the actor's adapter and the reference is it with the adapter off; `rm` (the reward model, plain) gets the
+    critic's adapter and value head (see critic_on_reward_model) and the reward is it with the adapter off. Both
+    bodies are modified in place (no copies)."""
+    actor = apply_lora(sft, cfg, name="actor")
+    critic, reward = critic_on_reward_model(rm, cfg, mean, std)
+    return actor, AdapterOff(actor), critic, reward
+
+
 def set_gradient_checkpointing(model: nn.Module, on: bool) -> nn.Module:
     """params `runtime.gradient_checkpointing`: recompute block activations in backward instead of keeping them
     (built-in GPT: its block loop; HF: gradient_checkpointing_enable), non-reentrant so frozen inputs and

@@ -23,6 +23,7 @@ from rlhf.lora import (
     default_targets,
     export_merged,
     load_adapter,
+    ppo_models,
     save_adapter,
     set_gradient_checkpointing,
 )
@@ -107,8 +108,8 @@ def test_only_adapters_and_heads_train_and_the_optimizer_holds_only_them(backend
     sft = BACKENDS[backend]()
     rm = ScalarHeadModel.from_lm(copy.deepcopy(sft))
     untouched_rm = copy.deepcopy(rm)
-    actor = apply_lora(sft, LORA)
-    critic, reward = critic_on_reward_model(rm, LORA, mean=0.3, std=2.0)
+    actor, ref, critic, reward = ppo_models(sft, rm, LORA, mean=0.3, std=2.0)
+    assert ref.peft_model is actor
     train_adapter_a_little(critic)
     trainable = {n for m in (actor, critic) for n, p in m.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "modules_to_save.critic" in n for n in trainable)
@@ -217,7 +218,7 @@ def test_gradient_checkpointing_recomputes_the_blocks(backend, monkeypatch):
 def test_ppo_with_lora_raises_a_toy_reward(tmp_path):
     from rlhf.ppo_run import train_ppo
     from rlhf.tokenizer import train_tokenizer
-    from tests.test_ppo_trainer import PROMPTS, WORDS, _score_fn
+    from tests.test_ppo_trainer import PROMPTS, TOY_REWARD_CFG, WORDS, _score_fn
 
     tok = train_tokenizer([" ".join(WORDS)] * 10 + [f"say {w}" for w in WORDS], vocab_size=300)
     torch.manual_seed(0)
@@ -230,18 +231,7 @@ def test_ppo_with_lora_raises_a_toy_reward(tmp_path):
     critic_base = ScalarHeadModel.from_lm(copy.deepcopy(sft), head_std=0.0)
     actor = apply_lora(sft, LoRAConfig(r=8, alpha=16.0))
     critic = apply_lora(critic_base, LoRAConfig(r=8, alpha=16.0), name="critic")
-    cfg = PPOConfig(
-        iterations=25,
-        batch_size=16,
-        mini_batches=2,
-        ppo_epochs=4,
-        lr=1e-2,
-        critic_lr=1e-2,
-        max_new_tokens=6,
-        kl_coef=0.0,
-        ent_coef=0.0,
-        seed=0,
-    )
+    cfg = TOY_REWARD_CFG
     state = make_state(actor, critic, cfg)
     log = lambda m, s: None  # noqa: E731
     hist = train_ppo(state, AdapterOff(actor), _score_fn(tok), tok, PROMPTS, cfg, log, tmp_path, checkpoint_every=0)
