@@ -107,6 +107,11 @@ def resolved(cfg: LoRAConfig, model: nn.Module) -> LoRAConfig:
     return cfg if cfg.target_modules is not None else replace(cfg, target_modules=tuple(default_targets(model)))
 
 
+def _matches(name: str, target: str) -> bool:
+    """peft's rule for a target name: the module's full name or a dotted suffix of it."""
+    return name == target or name.endswith("." + target)
+
+
 def has_scalar_head(model: nn.Module) -> bool:
     """A reward model or critic (ScalarHeadModel, HFScalarHeadModel): its head a Linear or peft's wrapper of one."""
     return isinstance(getattr(model, "head", None), nn.Module)
@@ -122,11 +127,15 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, name: str = "default") -> nn.M
     if not cfg.enabled:
         raise ValueError("apply_lora needs model.lora.r > 0")
     cfg = resolved(cfg, model)
+    targets = cfg.target_modules or ()
+    # GPT-2's Conv1D stores its weight transposed (in, out): peft must be told (it would warn and switch itself)
+    conv1d = any(type(m).__name__ == "Conv1D" for n, m in model.named_modules() if any(_matches(n, t) for t in targets))
     peft_cfg = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules or ()),
+        target_modules=list(targets),
+        fan_in_fan_out=conv1d,
         modules_to_save=["head"] if has_scalar_head(model) else None,
         bias="none",
     )
