@@ -11,17 +11,23 @@ or critic, the scalar head) instead of every weight:
                                      actor's adapter off, the reward model is the critic's adapter off; it holds no
                                      weights of its own (no second copy in memory)
     critic_on_reward_model(rm, ...)  the critic as an adapter + value head on the reward model's frozen body
+    ppo_models(sft, rm, cfg, ...)    PPO's actor, reference, critic and reward model on those two bodies
+    set_gradient_checkpointing       recompute activations in backward (built-in GPT and HF alike)
 
 How this follows TRL and OpenRLHF, and where it differs:
   - The reference as the policy with its adapter disabled (peft's `disable_adapter`) is TRL's (PPOTrainer and
     DPOTrainer with a peft model: `ref_model=None`). OpenRLHF keeps a separate reference model instead.
   - Named adapters on one frozen body switched per role follow TRL's `reward_adapter` (a reward adapter and the
-    policy adapter on one body). TRL puts the value head on the policy's body; here, as in the full pipeline and
-    in OpenRLHF, the critic starts from the reward model, so its adapter sits on the reward model's body and the
-    reward is that body read with the critic's adapter off. Actor and critic stay two bodies (two frozen copies),
-    not TRL's one.
+    policy adapter on one body). TRL's AutoModelForCausalLMWithValueHead puts the value head on the policy's body;
+    here, as in the full pipeline and in OpenRLHF, the critic starts from the reward model, so its adapter sits on
+    the reward model's body and the reward is that body read with the critic's adapter off. Actor and critic stay
+    two bodies (two frozen copies), not TRL's one.
   - The scalar head is peft's `modules_to_save`: the critic trains a copy of the reward head while the original
-    (the reward model's own head) is what the adapter-off read uses, as TRL's reward-model LoRA does with "score".
+    (the reward model's own head) is what the adapter-off read uses; peft does the same for a classification head
+    (task type SEQ_CLS puts `score` in modules_to_save), which TRL's reward-model training with LoRA relies on.
+
+A training state (resume) of a LoRA model holds the whole peft state_dict (rlhf.checkpoint.write_model), so
+resuming is the same load_state_dict as without LoRA; only finished adapters use the format below.
 
 Checkpoints (never pickled): an adapter directory holds `adapter.safetensors` (peft's adapter state: the LoRA
 matrices and, for a scalar model, its head) and `adapter.json` naming the base checkpoint by path and sha256 of its
