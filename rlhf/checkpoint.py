@@ -43,12 +43,20 @@ def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def _is_peft(model: torch.nn.Module) -> bool:
+    """peft's wrapper (rlhf.lora), told apart by its class's package so that peft is imported only with LoRA on."""
+    return type(model).__module__.split(".")[0] == "peft"
+
+
 def write_model(out: Path, model: CausalLM | ScalarModel, tokenizer_path: Path | None, extra: dict[str, Any]) -> None:
     """Write the model files into an existing directory `out` (used inside an atomic_dir)."""
     save_file(_state_tensors(model), str(out / "model.safetensors"))
-    if not isinstance(model, CausalLM | ScalarModel):
+    if _is_peft(model):  # a LoRA model (rlhf.lora) in a training state: resumed by load_state_dict
+        config = {"arch": "lora-training-state", "adapters": sorted(model.peft_config), **extra}
+    elif isinstance(model, CausalLM | ScalarModel):
+        config = {**model.checkpoint_config(), **extra}  # each backend says how to rebuild itself
+    else:
         raise TypeError(f"cannot checkpoint a {type(model).__name__}: not a model of rlhf.backends")
-    config = {**model.checkpoint_config(), **extra}  # each backend says how to rebuild itself
     write_json(out / "config.json", config)
     if tokenizer_path is not None:
         tokenizer_path = Path(tokenizer_path)

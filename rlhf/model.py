@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from rlhf.backends import CausalLM, ScalarModel
 from rlhf.padding import has_left_pad, last_token_index
@@ -177,6 +178,9 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
+        # runtime.gradient_checkpointing (set by rlhf.lora.set_gradient_checkpointing): recompute each block's
+        # activations in backward instead of storing them; a runtime switch, so not part of GPTConfig's checkpoint.
+        self.gradient_checkpointing = False
 
     def forward(
         self,
@@ -202,8 +206,12 @@ class Transformer(nn.Module):
             mask = attention_bias(torch.ones(B, past + T, dtype=torch.bool, device=idx.device), T)
         rope = rope_tables(position_ids, self.cfg.n_embd // self.cfg.n_head)
         x = self.drop(self.wte(idx))  # (B, T, C)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for layer, block in enumerate(self.h):
-            x = block(x, mask, cache, layer, rope)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(block, x, mask, None, layer, rope, use_reentrant=False)
+            else:
+                x = block(x, mask, cache, layer, rope)
         if cache is not None:
             cache.length = past + T
         return self.ln_f(x)

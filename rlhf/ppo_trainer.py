@@ -153,9 +153,11 @@ def make_state(actor: GPT, critic: ScalarHeadModel, cfg: PPOConfig, runtime: Run
     check_batch_sizes(cfg, world_size=distributed.world_size())
     disable_dropout(actor)
     disable_dropout(critic)
+    # Only what requires grad: with LoRA (rlhf.lora) the frozen bodies carry no optimizer state.
+    trainable = [[p for p in m.parameters() if p.requires_grad] for m in (actor, critic)]
     groups = [
-        {"params": list(actor.parameters()), "lr": cfg.lr, "initial_lr": cfg.lr},
-        {"params": list(critic.parameters()), "lr": cfg.critic_lr, "initial_lr": cfg.critic_lr},
+        {"params": trainable[0], "lr": cfg.lr, "initial_lr": cfg.lr},
+        {"params": trainable[1], "lr": cfg.critic_lr, "initial_lr": cfg.critic_lr},
     ]
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.0, eps=1e-5, fused=True)
     kl_ctl = (
@@ -321,10 +323,11 @@ def learn(state: PPOState, ro: Rollout, cfg: PPOConfig, lr_frac: float) -> dict[
 
 
 def check_finite(state: PPOState) -> None:
-    """A NaN or Inf in the weights stops the run before any checkpoint is overwritten."""
+    """A NaN or Inf in the weights stops the run before any checkpoint is overwritten. Only trained weights can
+    turn: frozen ones (LoRA's bodies) are skipped, which also spares a bool copy of each of them."""
     for name, model in (("actor", state.actor), ("critic", state.critic)):
         for pname, p in model.named_parameters():
-            if not torch.isfinite(p).all():
+            if p.requires_grad and not torch.isfinite(p).all():
                 raise FloatingPointError(
                     f"PPO iteration {state.iteration}: non-finite values in {name}.{pname}; "
                     "the last good checkpoint was left untouched"

@@ -112,19 +112,23 @@ def test_nan_halts_before_checkpoint(tok, models, tmp_path):
     assert before == after
 
 
+TOY_REWARD_CFG = PPOConfig(
+    iterations=25,
+    batch_size=16,
+    mini_batches=2,
+    ppo_epochs=4,
+    lr=1e-2,
+    critic_lr=1e-2,
+    max_new_tokens=6,
+    kl_coef=0.0,
+    ent_coef=0.0,
+    seed=0,
+)
+"""a run that raises the toy reward within seconds (tests/test_lora.py runs it with adapters)"""
+
+
 def test_ppo_raises_a_toy_reward(tok, models, tmp_path):
-    cfg = PPOConfig(
-        iterations=25,
-        batch_size=16,
-        mini_batches=2,
-        ppo_epochs=4,
-        lr=1e-2,
-        critic_lr=1e-2,
-        max_new_tokens=6,
-        kl_coef=0.0,
-        ent_coef=0.0,
-        seed=0,
-    )
+    cfg = TOY_REWARD_CFG
     actor, critic, ref = models
     state = make_state(actor, critic, cfg)
     hist = train_ppo(
