@@ -55,6 +55,7 @@ STAGES = (
     "ppo",
     "evaluate",
     "compare_methods",
+    "summary",
 )
 EVAL_METRICS = {"ppo": "eval.json", "dpo": "eval_dpo.json"}
 """each method's actor against SFT, under metrics/ (the evaluate and compare_methods stages)"""

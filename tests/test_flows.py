@@ -103,6 +103,9 @@ with run as tr:
         name = "eval" if stage == "evaluate" else "eval_dpo"
         write(f"metrics/{name}.json", json.dumps({"gold": gold, "kl": 1.0}))
         write(f"reports/{'eval' if stage == 'evaluate' else 'compare'}/report.json", json.dumps({"gold": gold}))
+    elif stage == "summary":
+        evals = [json.loads(Path(f"metrics/{n}.json").read_text())["gold"] for n in ("eval", "eval_dpo")]
+        write("metrics/summary.json", json.dumps({"ppo_vs_sft": evals[0], "dpo_vs_sft": evals[1]}))
     tr.log_metrics({f"{stage}/done": 1.0}, step=0)
 '''
 
@@ -142,9 +145,11 @@ def toy_dvc_yaml() -> dict[str, Any]:
         "compare_methods": stage(
             "compare_methods", ["models/dpo", "models/ppo"], ["reports/compare"], ["toy.dpo_ci_low"]
         ),
+        "summary": stage("summary", ["metrics/eval.json", "metrics/eval_dpo.json"], []),
     }
-    stages["evaluate"]["metrics"] = [{"metrics/eval.json": report}]
-    stages["compare_methods"]["metrics"] = [{"metrics/eval_dpo.json": report}]
+    stages["evaluate"]["outs"].append({"metrics/eval.json": report})
+    stages["compare_methods"]["outs"].append({"metrics/eval_dpo.json": report})
+    stages["summary"]["metrics"] = [{"metrics/summary.json": report}]
     return {"stages": stages}
 
 
@@ -248,7 +253,7 @@ def test_toy_pipeline_and_retraining_flows(harness: None, toy_repo: Path) -> Non
     #    run after it trains nothing; it registers the new actor, which loses to the champion.
     out = dvc_cli(toy_repo, "exp", "run", "-S", "toy.actor_seed=2")
     reran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
-    assert reran == ["ppo", "evaluate", "compare_methods"]
+    assert reran == ["ppo", "evaluate", "compare_methods", "summary"]
     second = pipeline_flow(root=root, comparator="tests.test_flows:worse")
     assert ran(second) == [] and second["registered"]["new_actor"] and not second["registered"]["new_dpo_actor"]
     assert not second["promotion"]["promote"] and (alias(CHAMPION), alias(CHALLENGER)) == ("1", "3")
@@ -309,7 +314,7 @@ def test_fresh_clone_dvc_and_flow_agree(harness: None, tmp_path: Path, monkeypat
     params["ppo"]["seed"] += 1
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     summary = pipeline_flow(root=str(clone))
-    assert ran(summary) == ["ppo", "evaluate", "compare_methods"]
+    assert ran(summary) == ["ppo", "evaluate", "compare_methods", "summary"]
     assert summary["registered"]["actor"] == "1" and summary["registered"]["dpo_actor"] == "2"
     assert summary["promotion"]["baseline"] == "sft" and summary["promotion"]["method"] in ("ppo", "dpo")
     children = mlflow.search_runs(
@@ -318,7 +323,7 @@ def test_fresh_clone_dvc_and_flow_agree(harness: None, tmp_path: Path, monkeypat
         output_format="list",
     )
     # compare_methods runs the evaluate stage's code twice (DPO vs SFT, PPO vs DPO) in its one run
-    assert sorted(r.info.run_name for r in children) == ["compare_methods", "evaluate", "ppo", "register"]
+    assert sorted(r.info.run_name for r in children) == ["compare_methods", "evaluate", "ppo", "register", "summary"]
     assert ran_stages(run_dvc(clone, "repro", env=quiet)) == []  # DVC agrees with the flow
 
     # The challenger-vs-champion evaluation the flow uses once a champion exists: any two checkpoints.

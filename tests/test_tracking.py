@@ -169,3 +169,91 @@ def test_after_a_kill_no_run_stays_running_and_the_resumed_stage_continues_its_r
     assert client.get_run(second).info.status == "KILLED"
     running = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'")
     assert len(running) == 0
+
+
+def _summary_stage(root: Path) -> None:
+    """The summary stage (model-free, one artifact) as DVC runs it, in the checkout `root` with its own store."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RLHF_"))}
+    env |= {"RLHF_ROOT": str(root), "RLHF_PARAMS": str(root / "params.yaml"), "PYTHONPATH": str(tracking.ROOT)}
+    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    proc = subprocess.run([sys.executable, "-m", "tasks.summary"], cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file()}
+
+
+@pytest.mark.slow
+def test_a_copied_checkout_writes_its_artifacts_into_itself(tmp_path: Path) -> None:
+    """The store's artifact URIs are absolute; a copy of the checkout (mlflow/ included) must not log into, nor
+    read from, the folder it was copied from."""
+    import shutil
+
+    import mlflow
+
+    first = tmp_path / "first"
+    (first / "metrics").mkdir(parents=True)
+    (first / "params.yaml").write_text("{}\n")
+    gold = {"win_rate": 0.7, "ci_low": 0.6, "ci_high": 0.8, "n": 10}
+    (first / "metrics" / "eval.json").write_text(json.dumps({"gold": gold, "kl": 2.0}))
+    _summary_stage(first)
+    before = _files(first / "mlflow" / "artifacts")
+    assert [Path(f).name for f in before] == ["summary.json"]
+
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+    _summary_stage(copy)
+
+    assert _files(first / "mlflow" / "artifacts") == before  # the original is untouched
+    client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("rlhf").experiment_id], order_by=["start_time ASC"])
+    assert len(runs) == 2
+    here = (copy / "mlflow" / "artifacts").as_uri()
+    assert client.get_experiment_by_name("rlhf").artifact_location == here
+    for run in runs:  # the new run writes in the copy, and the copied run reads from the copy
+        assert run.info.artifact_uri.startswith(here + "/")
+        [listed] = client.list_artifacts(run.info.run_id)
+        local = Path(client.download_artifacts(run.info.run_id, listed.path, str(tmp_path / run.info.run_id)))
+        assert json.loads(local.read_text())["ppo"] == {"win": 0.7, "low": 0.6, "kl": 2.0}
+    assert len(_files(copy / "mlflow" / "artifacts")) == 2
+
+
+def test_repointing_rewrites_only_the_foreign_artifact_root(tmp_path: Path) -> None:
+    """URIs and plain paths under the old `…/artifacts` root move; another experiment's custom location and
+    paths merely sharing a prefix stay."""
+    import sqlite3
+
+    db = tmp_path / "mlflow" / "mlflow.db"
+    db.parent.mkdir()
+    old = "file:///old/checkout/mlflow/artifacts"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE experiments (experiment_id INTEGER, artifact_location TEXT)")
+    con.execute("CREATE TABLE runs (run_uuid TEXT, artifact_uri TEXT)")
+    con.execute("CREATE TABLE model_versions (version INTEGER, source TEXT, storage_location TEXT)")
+    con.executemany("INSERT INTO experiments VALUES (?, ?)", [(0, "file:///somewhere/mlruns"), (1, old)])
+    con.executemany("INSERT INTO runs VALUES (?, ?)", [("a", f"{old}/1/a/artifacts"), ("b", f"{old}x/1/b")])
+    con.execute("INSERT INTO model_versions VALUES (1, 'models:/m-1', '/old/checkout/mlflow/artifacts/1/models/m')")
+    con.commit()
+    con.close()
+
+    here = (tmp_path / "mlflow" / "artifacts").as_uri()
+    assert tracking.repoint_artifacts(db) == {old: here}
+    assert tracking.repoint_artifacts(db) == {}  # done once
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT artifact_location FROM experiments ORDER BY 1").fetchall() == [
+        ("file:///somewhere/mlruns",),
+        (here,),
+    ]
+    assert dict(con.execute("SELECT run_uuid, artifact_uri FROM runs")) == {
+        "a": f"{here}/1/a/artifacts",
+        "b": f"{old}x/1/b",
+    }
+    assert con.execute("SELECT source, storage_location FROM model_versions").fetchone() == (
+        "models:/m-1",
+        f"{tmp_path / 'mlflow' / 'artifacts'}/1/models/m",
+    )

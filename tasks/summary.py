@@ -1,0 +1,104 @@
+"""Stage `summary`: the handful of numbers a person compares across experiments, in metrics/summary.json.
+
+    python -m tasks.summary
+
+Reads the metrics the evaluation stages wrote (metrics/eval.json: PPO against SFT; metrics/eval_dpo.json: DPO
+against SFT; metrics/compare_methods.json: PPO against DPO; metrics/reward_model.json) and runs no model. The
+file is the one `dvc metrics show` and `dvc exp show` present by default; the stage's MLflow run logs it as an
+artifact and, under the pipeline flow, the pipeline's parent run carries the same numbers (`headline/...`), so
+the runs table shows the verdict without opening the evaluate run. Win-rates are the gold judge's when the
+evaluation had one (`judge.gold`), else the reward model's (the pipeline run's tag `rlhf.headline_judge`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tasks import tracking
+from tasks.common import Params, entry, path, write_metrics
+
+INPUTS = {
+    "ppo": "metrics/eval.json",
+    "dpo": "metrics/eval_dpo.json",
+    "compare": "metrics/compare_methods.json",
+    "rm": "metrics/reward_model.json",
+}
+
+
+def _read(file: str | Path) -> dict[str, Any]:
+    """A metrics file, or {} when the stage that writes it has not run (a partial pipeline)."""
+    f = path(file)
+    return json.loads(f.read_text(encoding="utf-8")) if f.exists() else {}
+
+
+def _judge(evals: list[dict[str, Any]]) -> str:
+    return "gold" if any("gold" in e for e in evals) else "rm"
+
+
+def _win(result: dict[str, Any] | None) -> dict[str, float]:
+    """win-rate and the low end of its 95% CI, rounded for a table."""
+    if not result:
+        return {}
+    return {"win": round(result["win_rate"], 4), "low": round(result["ci_low"], 4)}
+
+
+def _correct(evaluation: dict[str, Any], policy: str) -> dict[str, float]:
+    """The share of correct answers of `policy` ("candidate" or "baseline") by the content judge, if it ran."""
+    share = (evaluation.get("content") or {}).get(policy, {}).get("correct")
+    return {} if share is None else {"correct": round(share, 4)}
+
+
+def headline(ppo: dict[str, Any], dpo: dict[str, Any], compare: dict[str, Any], rm: dict[str, Any]) -> dict[str, Any]:
+    """The summary from the four metrics dicts (any of them {} when missing); absent numbers are left out, never
+    written as 0. Short keys, one level deep, so that `dvc metrics show` is one line of about 150 columns:
+    `<method>.win` / `.low` (win-rate against SFT and the low end of its 95% CI), `.correct` (content judge),
+    `.kl` (nats per response), `ppo.vs_dpo`, `sft.correct`, `rm.acc` (held-out pair accuracy)."""
+    judge = _judge([ppo, dpo])
+    out: dict[str, Any] = {}
+    for name, evaluation in (("ppo", ppo), ("dpo", dpo)):
+        kl = {"kl": round(evaluation["kl"], 3)} if "kl" in evaluation else {}
+        out[name] = _win(evaluation.get(judge)) | _correct(evaluation, "candidate") | kl
+    if versus := compare.get("ppo_vs_dpo"):
+        out["ppo"]["vs_dpo"] = round(versus["win_rate"], 4)
+    out["sft"] = _correct(ppo, "baseline")
+    out["rm"] = {"acc": round(rm["accuracy"], 4)} if "accuracy" in rm else {}
+    return {k: v for k, v in out.items() if v}
+
+
+def numbers(summary: dict[str, Any], prefix: str = "headline/") -> dict[str, float]:
+    """The summary's numbers as flat MLflow metric names (`headline/ppo_vs_sft/win_rate`)."""
+    flat: dict[str, float] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            flat |= numbers(value, f"{prefix}{key}/")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
+def run(params: dict[str, Any]) -> dict[str, Any]:
+    p = Params(params)
+    configure(p)
+    with tracking.stage_run("summary", p.logged()) as tracker:
+        inputs = [_read(f) for f in INPUTS.values()]
+        summary = headline(*inputs)
+        out = write_metrics("summary", summary)
+        tracker.log_metrics(numbers(summary), step=0)
+        tracker.log_artifact(out)
+        parent = tracking.parent_of(tracker)  # the runs table's row of the pipeline run shows the verdict
+        parent.log_metrics(numbers(summary), step=0)
+        parent.set_tags({"rlhf.headline_judge": _judge(inputs[:2])})
+    return summary
+
+
+def configure(p: Params) -> None:
+    """Reads no params: the summary depends on the metrics files only."""
+
+
+main = entry(__doc__, run)
+
+
+if __name__ == "__main__":
+    main()
