@@ -246,3 +246,14 @@ def test_stage_deps_list_no_core_module_it_does_not_import(stage: str) -> None:
     module = spec["cmd"].split("-m", 1)[1].split()[0]
     listed = {d for d in spec["deps"] if d.startswith("rlhf/") and d.endswith(".py")}
     assert sorted(listed - core_imports(module)) == []
+
+
+def test_dvc_presents_the_summary_and_images_only() -> None:
+    """`dvc metrics show`/`diff` show the headline file alone (no timings); `dvc plots show` renders offline, since
+    an image needs no Vega from a CDN (the CSVs beside the PNGs are uncached outs)."""
+
+    def declared(kind: str) -> list[str]:
+        return [next(iter(m)) if isinstance(m, dict) else m for s in DVC_YAML.values() for m in s.get(kind, [])]
+
+    assert declared("metrics") == ["metrics/summary.json"]
+    assert declared("plots") and all(p.endswith(".png") for p in declared("plots"))
