@@ -19,6 +19,7 @@ import torch
 from rlhf.generate import SamplingConfig
 from rlhf.judges import Judge
 from rlhf.model import GPT
+from rlhf.progress import Progress
 from rlhf.rollout import policy_forward, sample_rollout
 from rlhf.stats import win_rate
 from rlhf.tokenizer import ChatTokenizer
@@ -47,15 +48,18 @@ def sample_policy(
     seed: int,
     ref: GPT | None = None,
     batch_size: int = 128,
+    progress: str | None = "sampling",
 ) -> PolicySamples:
     """Sample n_samples responses per prompt (seeded); with `ref` and a temperature above 0, also each response's
-    KL from it at that temperature (a greedy policy has no log-probs to estimate a KL with)."""
+    KL from it at that temperature (a greedy policy has no log-probs to estimate a KL with). `progress` names the
+    progress lines (rate, ETA) on stderr; None for none."""
     flat = [p for p in prompts for _ in range(n_samples)]
     flat_ids = [i for i in prompt_ids for _ in range(n_samples)]
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)  # sampling draws on its device
     texts: list[str] = []
     lengths, kls = [], []
     model.eval()
+    shown = Progress(progress or "", len(flat), unit="responses", enabled=progress is not None)
     for start in range(0, len(flat), batch_size):
         ro = sample_rollout(model, tok, flat[start : start + batch_size], sampling, gen)
         texts += ro.texts(tok)
@@ -64,6 +68,7 @@ def sample_policy(
             logp, _ = policy_forward(model, ro, sampling.temperature)
             ref_logp, _ = policy_forward(ref, ro, sampling.temperature)
             kls.append(((logp - ref_logp) * ro.mask).sum(1).cpu())
+        shown.update(len(flat[start : start + batch_size]))
     return PolicySamples(
         flat,
         flat_ids,

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.model import GPT, KVCache
+from rlhf.progress import Progress
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,9 +149,12 @@ def generate_text(
     cfg: SamplingConfig,
     seed: int = 0,
     batch_size: int = 64,
+    progress: str | None = None,
 ) -> list[str]:
-    """Prompts -> decoded responses, in batches, reproducible for a seed."""
+    """Prompts -> decoded responses, in batches, reproducible for a seed. `progress` names progress lines (rate,
+    ETA) on stderr; None (the default) for none."""
     model.eval()
+    shown = Progress(progress or "", len(prompts), unit="responses", enabled=progress is not None)
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     out: list[str] = []
     for i in range(0, len(prompts), batch_size):
@@ -158,4 +162,5 @@ def generate_text(
         device = next(model.parameters()).device
         g = generate(model, ids.to(device), mask.to(device), cfg, tokenizer.eos_id, tokenizer.pad_id, gen)
         out.extend(tokenizer.decode_response(row.tolist()) for row in g.tokens)
+        shown.update(len(g.tokens))
     return out

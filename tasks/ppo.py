@@ -98,7 +98,8 @@ def probe(actor, ref, tok, prompts, cfg: PPOParams, judges, rt: Runtime) -> dict
     """RM score, gold score, KL and length of a policy on a fixed prompt set (same seed for every policy)."""
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     with rt.autocast():
-        s = sample_policy(actor, tok, prompts, [str(i) for i in range(len(prompts))], sampling, 1, cfg.seed + 7, ref)
+        ids = [str(i) for i in range(len(prompts))]
+        s = sample_policy(actor, tok, prompts, ids, sampling, 1, cfg.seed + 7, ref, progress=None)  # a probe: quiet
         judge_samples(s, judges)
     return {
         "kl": float(s.kl.mean()),

@@ -73,7 +73,8 @@ def collect_world(cfg: PreferenceParams, rt: Runtime = CPU) -> tuple[pd.DataFram
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     texts = prompts["prompt"].tolist()
     with rt.autocast():
-        responses = generate_text(model, tok, [p for p in texts for _ in range(cfg.k)], sampling, seed=cfg.seed)
+        flat = [p for p in texts for _ in range(cfg.k)]
+        responses = generate_text(model, tok, flat, sampling, seed=cfg.seed, progress="preferences")
     labeler = SimulatedLabeler(cfg.labeler_temperature, cfg.labeler_length_bias, cfg.labeler_seed)
     sft_hash = file_hash(sft_dir / "model.safetensors")
     rows, empty = [], 0

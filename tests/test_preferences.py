@@ -16,7 +16,7 @@ def test_empty_samples_are_left_out_and_counted(monkeypatch):
     monkeypatch.setattr(preferences, "load_model", lambda *a, **k: SimpleNamespace(to=lambda device: None))
     monkeypatch.setattr(preferences, "ChatTokenizer", SimpleNamespace(load=lambda p: None))
     monkeypatch.setattr(preferences, "file_hash", lambda p: "hash")
-    monkeypatch.setattr(preferences, "generate_text", lambda model, tok, texts, sampling, seed: samples)
+    monkeypatch.setattr(preferences, "generate_text", lambda model, tok, texts, sampling, seed, progress=None: samples)
     from tests.test_params import section_values
 
     cfg = preferences.PreferenceParams(**{**section_values("preferences"), "k": 3})

@@ -140,7 +140,9 @@ def test_generating_stages_honour_the_runtime(stage, monkeypatch):
         monkeypatch.setattr(preferences, "load_model", probe)
         monkeypatch.setattr(preferences, "ChatTokenizer", type("T", (), {"load": staticmethod(lambda p: None)}))
         monkeypatch.setattr(preferences, "file_hash", lambda p: "hash")
-        monkeypatch.setattr(preferences, "generate_text", lambda m, t, texts, s, seed: ["Hello!", "Hi there."])
+        monkeypatch.setattr(
+            preferences, "generate_text", lambda m, t, texts, s, seed, progress=None: ["Hello!", "Hi there."]
+        )
         cfg = preferences.configure(Params(PARAMS)).prefs
         preferences.collect_world(type(cfg)(**{**cfg.__dict__, "k": 2}), rt)
     else:
