@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -263,6 +265,61 @@ def parent_of(tracker: Tracker) -> Tracker:
     pipeline's row; the null tracker for a stage run alone or with tracking off."""
     parent = os.environ.get(PARENT_ENV)
     return Tracker(parent, tracker._client) if tracker.active and parent else NULL_TRACKER
+
+
+_LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
+"""a Markdown link or image: [text](target) / ![alt](target)"""
+
+
+def write_bundle(report_dir: Path, plots: list[Path], out: Path) -> list[Path]:
+    """A report folder made self-contained in `out`: its files, the plots under `plots/`, each Markdown page
+    with the links to those plots rewritten to `plots/<name>` (they point outside the folder, `../../plots/…`),
+    and beside each page an HTML copy with the images inlined, which MLflow's artifact view renders (it shows
+    Markdown as text). Returns the plots that exist (a plot not made yet is left out)."""
+    import base64
+
+    import markdown
+
+    here = [p.resolve() for p in plots if p.exists()]
+    shutil.copytree(report_dir, out, dirs_exist_ok=True)
+    for plot in here:
+        (out / "plots").mkdir(exist_ok=True)
+        shutil.copy2(plot, out / "plots" / plot.name)
+    for page in sorted(report_dir.rglob("*.md")):
+
+        def local(m: re.Match[str], page: Path = page) -> str:
+            target = (page.parent / m[2]).resolve()
+            if target not in here:
+                return m[0]
+            return (
+                f"{m[1]}{os.path.relpath(out / 'plots' / target.name, out / page.relative_to(report_dir).parent)}{m[3]}"
+            )
+
+        text = _LINK.sub(local, page.read_text(encoding="utf-8"))
+        copy = out / page.relative_to(report_dir)
+        copy.write_text(text, encoding="utf-8")
+
+        def inline(m: re.Match[str], folder: Path = copy.parent) -> str:
+            image = folder / m[2]
+            if not (m[1].startswith("!") and image.suffix == ".png" and image.is_file()):
+                return m[0]
+            return f"{m[1]}data:image/png;base64,{base64.b64encode(image.read_bytes()).decode()}{m[3]}"
+
+        body = markdown.markdown(_LINK.sub(inline, text), extensions=["tables"])
+        copy.with_suffix(".html").write_text(f"<!doctype html><meta charset=utf-8>\n{body}\n", encoding="utf-8")
+    return here
+
+
+def log_report_bundle(tracker: Tracker, report_dir: Path, plots: list[Path], artifact_path: str = "report") -> None:
+    """Log a report folder (report.md, results, samples) with the plots it shows, so that its images resolve
+    inside the run's artifact view (`write_bundle`), under `artifact_path` of the run."""
+    if not tracker.active:
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rlhf-report-") as tmp:
+        write_bundle(Path(report_dir), [Path(p) for p in plots], Path(tmp) / "bundle")
+        tracker.log_artifact(Path(tmp) / "bundle", artifact_path)
 
 
 RUN_ID_FILE = "mlflow_run.json"

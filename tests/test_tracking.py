@@ -257,3 +257,57 @@ def test_repointing_rewrites_only_the_foreign_artifact_root(tmp_path: Path) -> N
         "models:/m-1",
         f"{tmp_path / 'mlflow' / 'artifacts'}/1/models/m",
     )
+
+
+def _report(root: Path) -> tuple[Path, list[Path]]:
+    """reports/eval/ as the evaluate stage writes it: a page linking plots two folders up, results, samples."""
+    plots = [root / "plots" / "ppo_curves.png", root / "plots" / "overoptimization.png", root / "plots" / "gone.png"]
+    (root / "plots").mkdir(parents=True)
+    for plot in plots[:2]:
+        plot.write_bytes(b"\x89PNG\r\n\x1a\n" + plot.name.encode())
+    report = root / "reports" / "eval"
+    report.mkdir(parents=True)
+    page = (
+        "# Report\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![curves](../../plots/ppo_curves.png)\n[elsewhere](../x.md)\n"
+    )
+    (report / "report.md").write_text(page)
+    (report / "results.json").write_text('{"gold": 1}')
+    (report / "samples.jsonl").write_text('{"prompt": "p"}\n')
+    return report, plots
+
+
+def test_a_report_bundle_resolves_its_images_inside_itself(tmp_path: Path) -> None:
+    import base64
+
+    report, plots = _report(tmp_path / "repo")
+    out = tmp_path / "bundle"
+    assert tracking.write_bundle(report, plots, out) == [p.resolve() for p in plots[:2]]
+    files = {str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()}
+    assert files == {
+        "report.md",
+        "report.html",
+        "results.json",
+        "samples.jsonl",
+        "plots/ppo_curves.png",
+        "plots/overoptimization.png",
+    }
+    page = (out / "report.md").read_text()
+    assert "![curves](plots/ppo_curves.png)" in page and "[elsewhere](../x.md)" in page  # only the plots move
+    assert (report / "report.md").read_text().count("../../plots/ppo_curves.png") == 1  # the original is as it was
+    html = (out / "report.html").read_text()
+    inlined = base64.b64encode(plots[0].read_bytes()).decode()
+    assert f'src="data:image/png;base64,{inlined}"' in html and "<table>" in html
+
+
+@pytest.mark.slow
+def test_the_report_bundle_is_logged_under_the_run(env: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    report, plots = _report(tmp_path / "repo")
+    with tracking.stage_run("evaluate", {}) as tr:
+        tracking.log_report_bundle(tr, report, plots)
+    client = mlflow.MlflowClient()
+    local = Path(client.download_artifacts(tr.run_id, "report", str(tmp_path / "down")))
+    assert {f.name for f in local.iterdir()} == {"report.md", "report.html", "results.json", "samples.jsonl", "plots"}
+    assert (local / "plots" / "ppo_curves.png").read_bytes() == plots[0].read_bytes()
+    tracking.log_report_bundle(tracking.NULL_TRACKER, report, plots)  # tracking off: nothing, no error
