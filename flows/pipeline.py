@@ -38,6 +38,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows import results as pages
 from tasks import registry, tracking
 from tasks.common import ROOT, workdir
 
@@ -311,11 +312,34 @@ def pipeline_flow(
                     actors = {"ppo": registered["actor"]}
                     actors |= {"dpo": registered["dpo_actor"]} if registered["dpo_actor"] else {}
                     summary["promotion"] = promote_actor(actors, root, comparator, judge, parent.run_id)
+                    timing["headline/promoted"] = float(summary["promotion"]["promote"])
+                    parent.set_tags(promotion_tags(summary["promotion"]))
                 timing["pipeline/seconds/register"] = summary["register_seconds"] = time.perf_counter() - t1
         timing["pipeline/seconds/total"] = time.perf_counter() - t0
         parent.log_metrics(timing, step=0)
         summary["seconds"] = timing["pipeline/seconds/total"]
+    publish(pages.publish_pipeline, summary, Path(root))
     return summary
+
+
+def promotion_tags(decision: dict[str, Any]) -> dict[str, str]:
+    """The decision on the pipeline run's row of the MLflow runs table."""
+    verdict = "promoted" if decision["promote"] else "not promoted"
+    return {
+        "rlhf.promotion": f"v{decision['version']} ({decision['method']}) {verdict}",
+        "rlhf.promotion_reason": decision["reason"],
+    }
+
+
+def publish(fn: Any, summary: dict[str, Any], root: Path) -> None:
+    """Publish the run's Prefect artifacts (flows/results.py); a failure to build a page is a warning in the run's
+    logs, not a failed run: the models are trained and registered by then."""
+    try:
+        fn(summary, root)
+    except Exception as e:  # any failure of the page: reported, not raised
+        message = f"[pipeline] could not publish the run's result artifacts: {type(e).__name__}: {e}"
+        log = run_logger()
+        log.warning(message) if log is not None else print(message, file=sys.stderr)
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ import prefect
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.pipeline import COMPARATOR, dvc, pipeline_flow, run_logged, run_logger, stage_env
+from flows import results as pages
+from flows.pipeline import COMPARATOR, dvc, pipeline_flow, publish, run_logged, run_logger, stage_env
 from rlhf.checkpoint import file_hash
 from tasks.common import workdir
 
@@ -162,6 +163,7 @@ def retrain_flow(
         summary["pipeline"] = pipeline_flow(root=root, comparator=comparator)
     elif not files:
         print(f"[retrain] nothing new in {INCOMING}/", file=sys.stderr)
+    publish(pages.publish_retrain, summary, Path(root))
     return summary
 
 

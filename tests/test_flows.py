@@ -105,7 +105,8 @@ with run as tr:
         write(f"reports/{'eval' if stage == 'evaluate' else 'compare'}/report.json", json.dumps({"gold": gold}))
     elif stage == "summary":
         evals = [json.loads(Path(f"metrics/{n}.json").read_text())["gold"] for n in ("eval", "eval_dpo")]
-        write("metrics/summary.json", json.dumps({"ppo_vs_sft": evals[0], "dpo_vs_sft": evals[1]}))
+        ppo, dpo = ({"win": e["win_rate"], "low": e["ci_low"]} for e in evals)
+        write("metrics/summary.json", json.dumps({"ppo": ppo, "dpo": dpo}))
     tr.log_metrics({f"{stage}/done": 1.0}, step=0)
 '''
 
@@ -213,6 +214,20 @@ def better(candidate: Path, baseline: Path) -> dict[str, Any]:
     return {"gold": {"win_rate": 0.7, "ci_low": 0.6, "ci_high": 0.8, "n": 64}}
 
 
+def latest_artifact(key: str) -> Any:
+    """The newest Prefect artifact with this key (the harness's server)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1
+        )
+    assert found, f"no Prefect artifact {key}"
+    return found[0]
+
+
 def ran(summary: dict[str, Any]) -> list[str]:
     return [s["stage"] for s in summary["stages"] if s["ran"]]
 
@@ -221,6 +236,7 @@ def ran(summary: dict[str, Any]) -> list[str]:
 def test_toy_pipeline_and_retraining_flows(harness: None, toy_repo: Path) -> None:
     import mlflow
     from flows.pipeline import STAGES, ValidationFailed, pipeline_flow
+    from flows.results import PIPELINE_KEY, RETRAIN_KEY, TIMES_KEY
     from flows.retrain import retrain_flow
     from tasks.registry import ACTOR, CHALLENGER, CHAMPION, REWARD_MODEL
 
@@ -248,12 +264,20 @@ def test_toy_pipeline_and_retraining_flows(harness: None, toy_repo: Path) -> Non
     assert sorted(r.info.run_name for r in children) == ["ppo", "register"]
     # DVC agrees with the flow: nothing is left to reproduce.
     assert "up to date" in dvc_cli(toy_repo, "repro")
+    # The verdict where people look: the flow run's artifacts and the pipeline run's row in MLflow.
+    page, times = latest_artifact(PIPELINE_KEY), latest_artifact(TIMES_KEY)
+    assert "rlhf-actor v1 (PPO) was **promoted** to champion" in page.data and first["parent_run_id"] in page.data
+    assert "| PPO | 0.650 | 0.600 |" in page.data and "| DPO | 0.550 | 0.500 |" in page.data
+    rows = json.loads(times.data) if isinstance(times.data, str) else times.data
+    assert [r["stage"] for r in rows] == [*STAGES, "register + promote"]
+    parent = client.get_run(first["parent_run_id"]).data
+    assert parent.tags["rlhf.promotion"] == "v1 (ppo) promoted" and parent.metrics["headline/promoted"] == 1.0
 
     # 2. An experiment on a PPO param (`dvc exp run -S`) reruns only PPO and what follows, and the flow
     #    run after it trains nothing; it registers the new actor, which loses to the champion.
     out = dvc_cli(toy_repo, "exp", "run", "-S", "toy.actor_seed=2")
     reran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
-    assert reran == ["ppo", "evaluate", "compare_methods", "summary"]
+    assert reran == ["ppo", "evaluate", "compare_methods"]  # the same eval metrics: the summary stands
     second = pipeline_flow(root=root, comparator="tests.test_flows:worse")
     assert ran(second) == [] and second["registered"]["new_actor"] and not second["registered"]["new_dpo_actor"]
     assert not second["promotion"]["promote"] and (alias(CHAMPION), alias(CHALLENGER)) == ("1", "3")
@@ -272,6 +296,8 @@ def test_toy_pipeline_and_retraining_flows(harness: None, toy_repo: Path) -> Non
     assert third["pipeline"]["registered"]["reward_model"] == "2"
     assert third["pipeline"]["registered"]["dpo_actor"] == "5"  # new pairs: a new DPO actor too
     assert third["pipeline"]["promotion"]["promote"] and alias(CHAMPION) == "4"
+    retrained = latest_artifact(RETRAIN_KEY).data
+    assert accepted in retrained and "bad.jsonl" in retrained and "rlhf-actor v4 (PPO) was **promoted**" in retrained
     lineage = client.get_model_version(ACTOR, "4").tags
     assert lineage["lineage.from.rlhf-reward-model"] == "2" and "lineage.dvc.deps.models/sft" in lineage
     assert client.get_model_version(REWARD_MODEL, "2").tags["lineage.dvc_stage"] == "reward_model"
@@ -433,8 +459,11 @@ def test_a_failed_stage_leaves_its_last_good_outputs(tmp_path: Path) -> None:
     root.mkdir()
     (root / "stage.py").write_text(FLAKY_STAGE)
     (root / "toy.json").write_text(json.dumps({"seed": 1, "fail": False}))
-    stage = {"cmd": "python stage.py", "deps": ["toy.json"], "outs": ["models/ppo"]}
-    stage["metrics"] = [{"metrics/ppo.json": {"cache": False}}]
+    stage = {
+        "cmd": "python stage.py",
+        "deps": ["toy.json"],
+        "outs": ["models/ppo", {"metrics/ppo.json": {"cache": False}}],
+    }
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"ppo": stage}}))
     git(root, "init", "-q")
     dvc_cli(root, "init", "-q")

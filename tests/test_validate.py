@@ -315,5 +315,7 @@ def test_a_rejected_user_file_leaves_the_last_good_preferences_in_place(
     finally:
         mp.undo()
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["preferences"]
-    assert stage["outs"] == [{"data/preferences/pairs.parquet": {"persist": True}}]
-    assert stage["metrics"] == [{"metrics/preferences.json": {"cache": False, "persist": True}}]
+    assert stage["outs"] == [
+        {"data/preferences/pairs.parquet": {"persist": True}},
+        {"metrics/preferences.json": {"cache": False, "persist": True}},
+    ]
