@@ -50,6 +50,7 @@ STAGES = (
     "pretrain",
     "sft",
     "preferences",
+    "merge_feedback",
     "validate_preferences",
     "reward_model",
     "dpo",

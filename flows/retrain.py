@@ -9,7 +9,7 @@ the preference suite and against the pairs already accepted (data/preferences/pa
 data/feedback/, including files accepted earlier in the same run): a repeat of an accepted pair or the opposite
 judgement of one rejects the file; failures name lines of the user's file. Accepted files move into
 data/feedback/ and are tracked
-by DVC one by one (`dvc add`, then `git add` the .dvc file); the preferences stage merges that folder, so DVC
+by DVC one by one (`dvc add`, then `git add` the .dvc file); the merge_feedback stage merges that folder, so DVC
 sees its deps changed and the pipeline flow retrains from there on, evaluates, registers and promotes.
 Rejected files move to data/incoming/rejected/ beside their validation report, so a schedule does not retry
 them forever, and the good files of the same batch go on. With no new file nothing runs, unless feedback

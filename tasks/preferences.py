@@ -4,9 +4,9 @@ With `data.preferences: world` the SFT model samples K responses per preference 
 labeler ranks them, and each ranking becomes all its pairs (the spec's "Building the Preference Dataset").
 Otherwise a user's file is imported (TRL pairs, Anthropic-HH transcripts or ranked lists) and must pass the
 preference gate (tasks/validate.py) before anything is written: a bad file leaves the last good outputs in place
-(dvc.yaml marks them `persist`, so DVC does not delete them before the stage runs either). Either way every file
-in data/feedback/ (new preference data accepted by the retraining flow) is appended. Output:
-data/preferences/pairs.parquet with prompt, chosen, rejected and provenance columns.
+(dvc.yaml marks them `persist`, so DVC does not delete them before the stage runs either). Output:
+data/preferences/collected.parquet with prompt, chosen, rejected and provenance columns; the `merge_feedback`
+stage adds the files of data/feedback/ to it (a new feedback file does not rerun this stage's sampling).
 """
 
 from __future__ import annotations
@@ -17,29 +17,15 @@ import pandas as pd
 import torch
 
 from rlhf.checkpoint import file_hash, load_model
-from rlhf.data import DataError, import_preferences, ranking_to_pairs, read_prompts
+from rlhf.data import DataError, ranking_to_pairs, read_prompts
 from rlhf.device import CPU, Runtime
 from rlhf.generate import SamplingConfig, generate_text
 from rlhf.io import atomic_path
 from rlhf.tokenizer import ChatTokenizer
 from tasks.common import ParamError, Params, RuntimeParams, path, write_metrics
+from tasks.merge_feedback import COLLECTED as OUT
+from tasks.merge_feedback import COLUMNS, imported
 from tasks.stage import entry, lifecycle
-
-OUT = "data/preferences/pairs.parquet"
-FEEDBACK = "data/feedback"
-COLUMNS = [
-    "prompt",
-    "chosen",
-    "rejected",
-    "prompt_id",
-    "chosen_rank",
-    "rejected_rank",
-    "labeler_seed",
-    "labeler_temperature",
-    "labeler_length_bias",
-    "sft_hash",
-    "source",
-]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,17 +127,6 @@ def gate_user_file(file, fmt: str, block_size: int) -> None:
             ) from e
 
 
-def imported(file, fmt: str) -> pd.DataFrame:
-    """A user's preference file in the pairs schema; provenance columns they lack stay empty (-1 / "")."""
-    df = import_preferences(file, fmt)
-    out = df[["prompt", "chosen", "rejected", "prompt_id"]].copy()
-    out["prompt_id"] = out["prompt_id"].astype(str)
-    out["chosen_rank"], out["rejected_rank"], out["labeler_seed"] = 0, 1, -1
-    out["labeler_temperature"], out["labeler_length_bias"] = float("nan"), float("nan")
-    out["sft_hash"], out["source"] = "", str(file)
-    return out[COLUMNS]
-
-
 @dataclass(frozen=True)
 class Config:
     prefs: PreferenceParams
@@ -188,15 +163,11 @@ def run(params: dict) -> dict:
         else:
             gate_user_file(path(conf.source), conf.fmt, conf.block_size)
             df = imported(path(conf.source), conf.fmt)
-        feedback = sorted(f for f in path(FEEDBACK).glob("*") if f.suffix in (".jsonl", ".json", ".parquet", ".csv"))
-        if feedback:
-            df = pd.concat([df, *(imported(f, "auto") for f in feedback)], ignore_index=True)
         with atomic_path(path(OUT)) as tmp:
             df.to_parquet(tmp, index=False)
         metrics = {
             "n_pairs": len(df),
             "n_prompts": int(df["prompt"].nunique()),
-            "n_feedback_files": len(feedback),
             "chosen_words": float(df["chosen"].str.split().str.len().mean()),
             "rejected_words": float(df["rejected"].str.split().str.len().mean()),
             **stats,

@@ -145,7 +145,7 @@ def stage_lineage(lock: Mapping[str, Any], stage: str) -> dict[str, str]:
 
 
 def feedback_lineage(root: Path) -> dict[str, str]:
-    """The files of data/feedback/ the preferences stage merged (the retraining flow's accepted files)."""
+    """The files of data/feedback/ the merge_feedback stage merged (the retraining flow's accepted files)."""
     folder = root / "data" / "feedback"
     files = sorted(p.name for p in folder.glob("*") if p.suffix in FEEDBACK_SUFFIXES) if folder.exists() else []
     return {"lineage.feedback_files": json.dumps(files)} if files else {}

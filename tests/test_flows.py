@@ -86,8 +86,11 @@ with run as tr:
     elif stage in ("pretrain", "sft"):  # nothing reads these checkpoints here: no need for torch
         write(f"models/{'base' if stage == 'pretrain' else 'sft'}/config.json", json.dumps({"stage": stage}))
     elif stage == "preferences":
+        write("data/preferences/collected.parquet", json.dumps(["collected"]))
+    elif stage == "merge_feedback":
         feedback = sorted(p.name for p in Path("data/feedback").glob("*.jsonl"))
-        write("data/preferences/pairs.parquet", json.dumps(feedback))
+        collected = json.loads(Path("data/preferences/collected.parquet").read_text())
+        write("data/preferences/pairs.parquet", json.dumps(collected + feedback))
     elif stage == "reward_model":  # new preference data, new reward model
         seed = int(hashlib.sha256(Path("data/preferences/pairs.parquet").read_bytes()).hexdigest()[:6], 16)
         save("models/reward_model", "scalar", seed)
@@ -128,7 +131,12 @@ def toy_dvc_yaml() -> dict[str, Any]:
         ),
         "pretrain": stage("pretrain", ["data/tokenizer"], ["models/base"]),
         "sft": stage("sft", ["models/base", "reports/validation/demos.json"], ["models/sft"]),
-        "preferences": stage("preferences", ["models/sft", "data/feedback"], ["data/preferences/pairs.parquet"]),
+        "preferences": stage("preferences", ["models/sft"], ["data/preferences/collected.parquet"]),
+        "merge_feedback": stage(
+            "merge_feedback",
+            ["data/preferences/collected.parquet", "data/feedback"],
+            ["data/preferences/pairs.parquet"],
+        ),
         "validate_preferences": stage(
             "validate_preferences",
             ["data/preferences/pairs.parquet"],
@@ -292,7 +300,9 @@ def test_toy_pipeline_and_retraining_flows(harness: None, toy_repo: Path) -> Non
     assert (toy_repo / accepted).exists() and (toy_repo / f"{accepted}.dvc").exists()
     assert (toy_repo / "data/incoming/rejected/bad.jsonl/bad.jsonl").exists()
     assert not list((toy_repo / "data/incoming").glob("*.jsonl"))
-    assert ran(third["pipeline"])[0] == "preferences" and "reward_model" in ran(third["pipeline"])
+    # New feedback reruns the merge and what learns from the pairs, not the collection of pairs.
+    assert ran(third["pipeline"])[0] == "merge_feedback" and "reward_model" in ran(third["pipeline"])
+    assert "preferences" not in ran(third["pipeline"])
     assert third["pipeline"]["registered"]["reward_model"] == "2"
     assert third["pipeline"]["registered"]["dpo_actor"] == "5"  # new pairs: a new DPO actor too
     assert third["pipeline"]["promotion"]["promote"] and alias(CHAMPION) == "4"

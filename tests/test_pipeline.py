@@ -29,6 +29,7 @@ def test_stages_run_in_order(root):
         compare_methods,
         dpo,
         evaluate,
+        merge_feedback,
         ppo,
         preferences,
         prepare,
@@ -59,8 +60,9 @@ def test_stages_run_in_order(root):
     m_sft = sft.run(params)
     assert {"gold_score_base", "gold_score_sft", "val_loss"} <= set(m_sft)
     m_pref = preferences.run(params)
+    m_merged = merge_feedback.run(params)
     pairs = pd.read_parquet(root / "data/preferences/pairs.parquet")
-    assert len(pairs) == m_pref["n_pairs"] > 0
+    assert len(pairs) == m_pref["n_pairs"] == m_merged["n_pairs"] > 0  # no feedback yet
     assert (pairs["chosen"] != pairs["rejected"]).all()
     m_rm = reward_model.run(params)
     assert {"accuracy", "ceiling", "spearman_gold"} <= set(m_rm)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
 
 def test_empty_samples_are_left_out_and_counted(monkeypatch):
@@ -26,3 +27,50 @@ def test_empty_samples_are_left_out_and_counted(monkeypatch):
     # prompt a keeps two answers (one pair), b keeps one (no pair), c keeps one (no pair)
     assert len(df) == 1 and set(df.loc[0, ["chosen", "rejected"]]) == {"Blue.", "Red, I think."}
     assert stats["pairs_dropped"] == 3 * 3 - 1
+
+
+def test_feedback_is_merged_onto_the_collected_pairs_without_touching_them(tmp_path_factory):
+    """merge_feedback: collected pairs first, then each feedback file (any import format) in name order."""
+    import json
+
+    from rlhf.data import DataError
+    from tasks import merge_feedback
+    from tests.conftest import working_root
+
+    root, mp = working_root(tmp_path_factory, "merge", "{}\n")
+    try:
+        collected = pd.DataFrame(
+            [["p1", "good", "bad", "1", 0, 1, 3, 1.0, 0.0, "h", "world"]], columns=merge_feedback.COLUMNS
+        )
+        (root / "data/preferences").mkdir(parents=True)
+        collected.to_parquet(root / merge_feedback.COLLECTED, index=False)
+        before = (root / merge_feedback.COLLECTED).read_bytes()
+        pair = {"prompt": "p2", "chosen": "yes", "rejected": "no"}
+        (root / "data/feedback/b.jsonl").write_text(json.dumps(pair) + "\n")
+        ranked = {"prompt": "p3", "responses": ["x", "y", "z"], "ranking": [2, 0, 1]}
+        (root / "data/feedback/a.jsonl").write_text(json.dumps(ranked) + "\n")
+        (root / "data/feedback/.gitignore").write_text("/a.jsonl\n")  # not preference data
+
+        metrics = merge_feedback.run({})
+        pairs = pd.read_parquet(root / merge_feedback.OUT)
+        assert list(pairs.columns) == merge_feedback.COLUMNS
+        assert pairs[["prompt", "chosen", "rejected"]].values.tolist() == [
+            ["p1", "good", "bad"],
+            ["p3", "z", "x"],
+            ["p3", "z", "y"],
+            ["p3", "x", "y"],
+            ["p2", "yes", "no"],
+        ]
+        assert pairs["source"].tolist()[1:] == [str(root / "data/feedback/a.jsonl")] * 3 + [
+            str(root / "data/feedback/b.jsonl")
+        ]
+        assert (metrics["n_pairs"], metrics["n_feedback_files"], metrics["n_feedback_pairs"]) == (5, 2, 4)
+        assert (root / merge_feedback.COLLECTED).read_bytes() == before
+        assert json.loads((root / "metrics/merge_feedback.json").read_text())["n_pairs"] == 5
+
+        (root / "data/feedback/c.jsonl").write_text('{"prompt": "p4"}\n')  # a bad file: an error naming it
+        with pytest.raises(DataError, match=r"c\.jsonl"):
+            merge_feedback.run({})
+        assert len(pd.read_parquet(root / merge_feedback.OUT)) == 5  # the last good pairs stay
+    finally:
+        mp.undo()

@@ -303,7 +303,7 @@ def test_a_rejected_user_file_leaves_the_last_good_preferences_in_place(
         gate_inputs(tok, root)
         (root / "data/prepared").mkdir(parents=True)
         (root / "eval.jsonl").rename(root / "data/prepared/prompts_eval.jsonl")
-        outputs = [root / "data/preferences/pairs.parquet", root / "metrics/preferences.json"]
+        outputs = [root / "data/preferences/collected.parquet", root / "metrics/preferences.json"]
         for out in outputs:
             out.parent.mkdir(parents=True, exist_ok=True)
         pairs().to_parquet(outputs[0], index=False)
@@ -316,6 +316,6 @@ def test_a_rejected_user_file_leaves_the_last_good_preferences_in_place(
         mp.undo()
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["preferences"]
     assert stage["outs"] == [
-        {"data/preferences/pairs.parquet": {"persist": True}},
+        {"data/preferences/collected.parquet": {"persist": True}},
         {"metrics/preferences.json": {"cache": False, "persist": True}},
     ]
