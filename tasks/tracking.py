@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common import ROOT, workdir
+from tasks.mlflow_store import repoint_artifacts
 
 PARENT_ENV = "RLHF_PARENT_RUN_ID"
 SWITCH_ENV = "RLHF_TRACKING"
@@ -55,67 +56,6 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
-# Where the embedded store keeps artifact URIs (MLflow 3's schema). MLflow stores them absolute and has no API to
-# change them (mlflow/mlflow#3144, #8226), so a checkout that was copied, moved or cloned with its mlflow/ folder
-# would write into (and read from) the first checkout; `repoint_artifacts` rewrites them by prefix.
-_ARTIFACT_COLUMNS = (
-    ("experiments", "artifact_location"),
-    ("runs", "artifact_uri"),
-    ("logged_models", "artifact_location"),
-    ("model_versions", "storage_location"),
-    ("model_versions", "source"),
-)
-
-
-def _foreign_roots(con: Any, here: str) -> list[str]:
-    """Artifact roots of this store's experiments that follow the `<db dir>/artifacts` layout of another folder."""
-    rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
-    ours = {loc for (loc,) in rows if loc and loc.startswith("file:") and loc.endswith("/artifacts")}
-    return sorted(ours - {here})
-
-
-def repoint_artifacts(db: Path) -> dict[str, str]:
-    """Make the SQLite store `db` write and read its artifacts in `<db dir>/artifacts`, whichever folder it was
-    created in: every stored artifact URI under another `…/artifacts` root of an experiment is rewritten to this
-    one, in one transaction (nothing when they already agree). Returns {old root: new root}. The artifact files
-    travel with the folder (`mlflow/artifacts/` beside `mlflow/mlflow.db`), so old runs keep resolving too."""
-    import sqlite3
-
-    here = (db.resolve().parent / "artifacts").as_uri()
-    con = sqlite3.connect(db, timeout=60, isolation_level=None)
-    try:
-        if not con.execute("SELECT name FROM sqlite_master WHERE name = 'experiments'").fetchall():
-            return {}  # a new store: MLflow has not created its schema yet
-        if not _foreign_roots(con, here):
-            return {}
-        con.execute("BEGIN IMMEDIATE")  # one writer; read again under the lock (another stage may have done it)
-        moved = {old: here for old in _foreign_roots(con, here)}
-        for table, column in _ARTIFACT_COLUMNS:
-            if column not in {row[1] for row in con.execute(f"PRAGMA table_info({table})")}:
-                continue  # an older schema
-            for old in moved:
-                for a, b in ((old, here), (_uri_path(old), _uri_path(here))):  # as URI and as plain path
-                    con.execute(
-                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
-                        f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
-                        (b, len(a) + 1, a, len(a) + 1, a + "/"),
-                    )
-        con.execute("COMMIT")
-        return moved
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
-    finally:
-        con.close()
-
-
-def _uri_path(uri: str) -> str:
-    from urllib.parse import unquote, urlparse
-
-    return unquote(urlparse(uri).path)
-
-
 def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
@@ -132,7 +72,7 @@ def setup() -> str:
         db = Path(uri.removeprefix("sqlite:///"))
         db.parent.mkdir(parents=True, exist_ok=True)
         if db.exists():
-            moved = repoint_artifacts(db)
+            moved = repoint_artifacts(db)  # a copied or moved checkout writes into itself
             for old, new in moved.items():
                 print(f"[mlflow] this store was made in another folder: artifacts {old} -> {new}", file=sys.stderr)
     mlflow.set_tracking_uri(uri)

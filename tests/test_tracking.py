@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import tracking
+from tasks import mlflow_store, tracking
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_a_stale_parent_run_id_is_an_actionable_error(env: Path, monkeypatch: py
 KILLED_STAGE = """
 import sys, time
 from pathlib import Path
-from tasks import tracking
+from tasks import mlflow_store, tracking
 
 with tracking.stage_run("ppo", {"ppo": {"lr": 1e-5}}, state_dir=Path(sys.argv[1])) as tr:
     tr.log_metrics({"objective/kl": 1.0}, 1)
@@ -242,8 +242,8 @@ def test_repointing_rewrites_only_the_foreign_artifact_root(tmp_path: Path) -> N
     con.close()
 
     here = (tmp_path / "mlflow" / "artifacts").as_uri()
-    assert tracking.repoint_artifacts(db) == {old: here}
-    assert tracking.repoint_artifacts(db) == {}  # done once
+    assert mlflow_store.repoint_artifacts(db) == {old: here}
+    assert mlflow_store.repoint_artifacts(db) == {}  # done once
     con = sqlite3.connect(db)
     assert con.execute("SELECT artifact_location FROM experiments ORDER BY 1").fetchall() == [
         ("file:///somewhere/mlruns",),
