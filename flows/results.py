@@ -31,15 +31,15 @@ def headline_table(summary: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for name in ("ppo", "dpo", "sft"):
-        row = summary.get(name) or {}
-        if row:
-            cells = [_num(row.get("win")), _num(row.get("low")), _num(row.get("correct")), _num(row.get("kl"), ".2f")]
+        row = {q: summary.get(q, {}).get(name) for q in ("win", "low", "correct", "kl")}
+        if any(v is not None for v in row.values()):
+            cells = [_num(row["win"]), _num(row["low"]), _num(row["correct"]), _num(row["kl"], ".2f")]
             lines.append(f"| {name.upper()} | " + " | ".join(cells) + " |")
     extra = []
-    if "vs_dpo" in summary.get("ppo", {}):
-        extra.append(f"PPO beats DPO with a win-rate of {summary['ppo']['vs_dpo']:.3f}.")
-    if "acc" in summary.get("rm", {}):
-        extra.append(f"The reward model orders {summary['rm']['acc']:.1%} of held-out preference pairs as labelled.")
+    if "ppo_dpo" in summary.get("win", {}):
+        extra.append(f"PPO against DPO: a win-rate of {summary['win']['ppo_dpo']:.3f}.")
+    if "rm_acc" in summary:
+        extra.append(f"The reward model orders {summary['rm_acc']:.1%} of held-out preference pairs as labelled.")
     return [*lines, "", *extra] if extra else lines
 
 

@@ -37,38 +37,49 @@ def _judge(evals: list[dict[str, Any]]) -> str:
     return "gold" if any("gold" in e for e in evals) else "rm"
 
 
-def _win(result: dict[str, Any] | None) -> dict[str, float]:
-    """win-rate and the low end of its 95% CI, rounded for a table."""
-    if not result:
-        return {}
-    return {"win": round(result["win_rate"], 4), "low": round(result["ci_low"], 4)}
+def _rounded(values: dict[str, float | None], digits: int = 4) -> dict[str, float]:
+    return {k: round(v, digits) for k, v in values.items() if v is not None}
 
 
-def _correct(evaluation: dict[str, Any], policy: str) -> dict[str, float]:
-    """The share of correct answers of `policy` ("candidate" or "baseline") by the content judge, if it ran."""
-    share = (evaluation.get("content") or {}).get(policy, {}).get("correct")
-    return {} if share is None else {"correct": round(share, 4)}
+def _get(d: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        d = d.get(key) if isinstance(d, dict) else None
+    return d
 
 
 def headline(ppo: dict[str, Any], dpo: dict[str, Any], compare: dict[str, Any], rm: dict[str, Any]) -> dict[str, Any]:
     """The summary from the four metrics dicts (any of them {} when missing); absent numbers are left out, never
-    written as 0. Short keys, one level deep, so that `dvc metrics show` is one line of about 150 columns:
-    `<method>.win` / `.low` (win-rate against SFT and the low end of its 95% CI), `.correct` (content judge),
-    `.kl` (nats per response), `ppo.vs_dpo`, `sft.correct`, `rm.acc` (held-out pair accuracy)."""
+    written as 0. Grouped by quantity, one level deep and named apart from the params' sections (which `dvc exp
+    show` lists beside them), so that `dvc metrics show` is one line of about 155 columns: `win.<method>` and
+    `low.<method>` (win-rate against SFT and the low end of its 95% CI), `win.ppo_dpo` (PPO against DPO),
+    `correct.<policy>` (the content judge's share of right answers), `kl.<method>` (nats per response from SFT),
+    `rm_acc` (the reward model's held-out pair accuracy)."""
     judge = _judge([ppo, dpo])
-    out: dict[str, Any] = {}
-    for name, evaluation in (("ppo", ppo), ("dpo", dpo)):
-        kl = {"kl": round(evaluation["kl"], 3)} if "kl" in evaluation else {}
-        out[name] = _win(evaluation.get(judge)) | _correct(evaluation, "candidate") | kl
-    if versus := compare.get("ppo_vs_dpo"):
-        out["ppo"]["vs_dpo"] = round(versus["win_rate"], 4)
-    out["sft"] = _correct(ppo, "baseline")
-    out["rm"] = {"acc": round(rm["accuracy"], 4)} if "accuracy" in rm else {}
-    return {k: v for k, v in out.items() if v}
+    out: dict[str, Any] = {
+        "win": _rounded(
+            {
+                "ppo": _get(ppo, judge, "win_rate"),
+                "dpo": _get(dpo, judge, "win_rate"),
+                "ppo_dpo": _get(compare, "ppo_vs_dpo", "win_rate"),
+            }
+        ),
+        "low": _rounded({"ppo": _get(ppo, judge, "ci_low"), "dpo": _get(dpo, judge, "ci_low")}),
+        "correct": _rounded(
+            {
+                "ppo": _get(ppo, "content", "candidate", "correct"),
+                "dpo": _get(dpo, "content", "candidate", "correct"),
+                "sft": _get(ppo, "content", "baseline", "correct"),
+            }
+        ),
+        "kl": _rounded({"ppo": ppo.get("kl"), "dpo": dpo.get("kl")}, 3),
+    }
+    if "accuracy" in rm:
+        out["rm_acc"] = round(rm["accuracy"], 4)
+    return {k: v for k, v in out.items() if v != {}}
 
 
 def numbers(summary: dict[str, Any], prefix: str = "headline/") -> dict[str, float]:
-    """The summary's numbers as flat MLflow metric names (`headline/ppo_vs_sft/win_rate`)."""
+    """The summary's numbers as flat MLflow metric names (`headline/win/ppo`)."""
     flat: dict[str, float] = {}
     for key, value in summary.items():
         if isinstance(value, dict):

@@ -108,8 +108,8 @@ with run as tr:
         write(f"reports/{'eval' if stage == 'evaluate' else 'compare'}/report.json", json.dumps({"gold": gold}))
     elif stage == "summary":
         evals = [json.loads(Path(f"metrics/{n}.json").read_text())["gold"] for n in ("eval", "eval_dpo")]
-        ppo, dpo = ({"win": e["win_rate"], "low": e["ci_low"]} for e in evals)
-        write("metrics/summary.json", json.dumps({"ppo": ppo, "dpo": dpo}))
+        win, low = ({m: e[k] for m, e in zip(("ppo", "dpo"), evals)} for k in ("win_rate", "ci_low"))
+        write("metrics/summary.json", json.dumps({"win": win, "low": low}))
     tr.log_metrics({f"{stage}/done": 1.0}, step=0)
 '''
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from flows.results import headline_table, pipeline_markdown, promotion_lines, retrain_markdown, run_links, stage_times
 
 SUMMARY = {
-    "ppo": {"win": 0.8488, "low": 0.8125, "correct": 0.25, "kl": 5.06, "vs_dpo": 0.7525},
-    "dpo": {"win": 0.695, "low": 0.6537, "kl": 3.571},
-    "sft": {"correct": 0.125},
-    "rm": {"acc": 0.6898},
+    "win": {"ppo": 0.8488, "dpo": 0.695, "ppo_dpo": 0.7525},
+    "low": {"ppo": 0.8125, "dpo": 0.6537},
+    "correct": {"ppo": 0.25, "sft": 0.125},
+    "kl": {"ppo": 5.06, "dpo": 3.571},
+    "rm_acc": 0.6898,
 }
 DECISION = {
     "version": "4",
@@ -31,7 +32,7 @@ def test_the_headline_table_has_a_row_per_policy_and_dashes_for_what_was_not_mea
         "| DPO | 0.695 | 0.654 | — | 3.57 |",
         "| SFT | — | — | 0.125 | — |",
     ]
-    assert "PPO beats DPO with a win-rate of 0.752." in table and any("69.0%" in line for line in table)
+    assert "PPO against DPO: a win-rate of 0.752." in table and any("69.0%" in line for line in table)
     assert headline_table({}) == ["No metrics/summary.json yet (the summary stage has not run)."]
 
 

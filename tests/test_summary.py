@@ -18,16 +18,17 @@ def test_the_headline_of_a_whole_pipeline() -> None:
     compare = {"ppo_vs_dpo": {"win_rate": 0.7525, "ci_low": 0.70996875}, "ppo": {"seconds": 126.2}}
     rm = {"accuracy": 0.6897590361, "seconds": 189.1, "peak_memory_mb": 1358.4}
     assert headline(ppo, dpo, compare, rm) == {
-        "ppo": {"win": 0.8488, "low": 0.8125, "correct": 0.25, "kl": 5.06, "vs_dpo": 0.7525},
-        "dpo": {"win": 0.695, "low": 0.6537, "correct": 0.375, "kl": 3.571},
-        "sft": {"correct": 0.125},
-        "rm": {"acc": 0.6898},
+        "win": {"ppo": 0.8488, "dpo": 0.695, "ppo_dpo": 0.7525},
+        "low": {"ppo": 0.8125, "dpo": 0.6537},
+        "correct": {"ppo": 0.25, "dpo": 0.375, "sft": 0.125},
+        "kl": {"ppo": 5.06, "dpo": 3.571},
+        "rm_acc": 0.6898,
     }
 
 
 def test_missing_numbers_are_left_out_and_the_reward_model_judges_without_gold() -> None:
     ppo = {"rm": {"win_rate": 0.6, "ci_low": 0.55}, "kl": 1.0, "content": {"candidate": {"correct": None}}}
-    assert headline(ppo, {}, {}, {}) == {"ppo": {"win": 0.6, "low": 0.55, "kl": 1.0}}
+    assert headline(ppo, {}, {}, {}) == {"win": {"ppo": 0.6}, "low": {"ppo": 0.55}, "kl": {"ppo": 1.0}}
     assert headline({}, {}, {}, {}) == {}
 
 

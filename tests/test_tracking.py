@@ -219,7 +219,7 @@ def test_a_copied_checkout_writes_its_artifacts_into_itself(tmp_path: Path) -> N
         assert run.info.artifact_uri.startswith(here + "/")
         [listed] = client.list_artifacts(run.info.run_id)
         local = Path(client.download_artifacts(run.info.run_id, listed.path, str(tmp_path / run.info.run_id)))
-        assert json.loads(local.read_text())["ppo"] == {"win": 0.7, "low": 0.6, "kl": 2.0}
+        assert json.loads(local.read_text())["win"] == {"ppo": 0.7}
     assert len(_files(copy / "mlflow" / "artifacts")) == 2
 
 
