@@ -41,6 +41,7 @@ STAGES = [
     ("pretrain", ["tasks.pretrain"]),
     ("sft", ["tasks.sft"]),
     ("preferences", ["tasks.preferences"]),
+    ("merge_feedback", ["tasks.merge_feedback"]),
     (
         "validate_preferences",
         [
