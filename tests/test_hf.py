@@ -2,7 +2,7 @@
 
 The model and its tokenizer (a byte-level BPE trained here, wrapped in PreTrainedTokenizerFast) are saved to a
 temporary directory with save_pretrained: nothing is downloaded. The adapter is checked against plain forward
-passes, and every stage (world, prepare, tokenizer, validate demos, pretrain, SFT, preferences, validate
+passes, and every stage (world, prepare, tokenizer, validate demos, pretrain, SFT, preferences, merge_feedback, validate
 preferences, reward model, one PPO iteration, evaluation) runs on it end to end, gates included.
 """
 
@@ -174,7 +174,7 @@ def _weights(d: Path) -> dict[str, torch.Tensor]:
 def test_stages_run_on_a_local_hf_model(root):
     from rlhf.checkpoint import load_model, read_config
     from rlhf.hf import HFCausalLM
-    from tasks import evaluate, ppo, preferences, pretrain, reward_model, sft, tokenizer, validate
+    from tasks import evaluate, merge_feedback, ppo, preferences, pretrain, reward_model, sft, tokenizer, validate
     from tasks.common import Params, load_params
 
     params = load_params()
@@ -199,6 +199,7 @@ def test_stages_run_on_a_local_hf_model(root):
     m_sft = sft.run(params)
     assert math.isfinite(m_sft["loss"]) and math.isfinite(m_sft["val_loss"])
     m_pref = preferences.run(params)
+    merge_feedback.run(params)
     assert m_pref["n_pairs"] > 0 and m_pref["empty_responses"] >= 0
     # the gate meant for users' files passes the pairs a small model collected (no empty or control text)
     assert gate("preferences", "data/preferences/pairs.parquet", 10).success
