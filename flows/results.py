@@ -134,9 +134,14 @@ def mlflow_children(parent_run_id: str | None) -> tuple[dict[str, str], str | No
     return {r.info.run_name: r.info.run_id for r in runs}, exp_id
 
 
-def pipeline_page(pipeline: dict[str, Any], root: Path) -> str:
+def read_summary(root: Path) -> dict[str, Any]:
+    """metrics/summary.json of the workspace, {} before the summary stage has run."""
     summary_file = root / SUMMARY
-    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.exists() else {}
+    return json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.exists() else {}
+
+
+def pipeline_page(pipeline: dict[str, Any], root: Path) -> str:
+    summary = read_summary(root)
     parent = pipeline.get("parent_run_id")
     children, exp_id = mlflow_children(parent)
     return pipeline_markdown(pipeline, summary, run_links(parent, children, tracking.tracking_uri(), exp_id))

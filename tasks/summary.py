@@ -4,10 +4,11 @@
 
 Reads the metrics the evaluation stages wrote (metrics/eval.json: PPO against SFT; metrics/eval_dpo.json: DPO
 against SFT; metrics/compare_methods.json: PPO against DPO; metrics/reward_model.json) and runs no model. The
-file is the one `dvc metrics show` and `dvc exp show` present by default; the stage's MLflow run logs it as an
-artifact and, under the pipeline flow, the pipeline's parent run carries the same numbers (`headline/...`), so
-the runs table shows the verdict without opening the evaluate run. Win-rates are the gold judge's when the
-evaluation had one (`judge.gold`), else the reward model's (the pipeline run's tag `rlhf.headline_judge`).
+file is the one `dvc metrics show` and `dvc exp show` present by default; the stage's MLflow run logs it (numbers
+`headline/...` and the file). Every pipeline flow run copies the numbers onto its parent run, whether or not
+this stage had to run (flows/pipeline.py), so the runs table shows the verdict without opening a child run.
+Win-rates are the gold judge's when the evaluation had one (`judge.gold`), else the reward model's (the stage
+run's tag `rlhf.headline_judge`).
 """
 
 from __future__ import annotations
@@ -98,9 +99,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         out = write_metrics("summary", summary)
         tracker.log_metrics(numbers(summary), step=0)
         tracker.log_artifact(out)
-        parent = tracking.parent_of(tracker)  # the runs table's row of the pipeline run shows the verdict
-        parent.log_metrics(numbers(summary), step=0)
-        parent.set_tags({"rlhf.headline_judge": _judge(inputs[:2])})
+        tracker.set_tags({"rlhf.headline_judge": _judge(inputs[:2])})
     return summary
 
 

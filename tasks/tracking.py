@@ -200,13 +200,6 @@ class Tracker:
 NULL_TRACKER = Tracker()
 
 
-def parent_of(tracker: Tracker) -> Tracker:
-    """The pipeline run a stage's run nests under (RLHF_PARENT_RUN_ID), for what the runs table should show on the
-    pipeline's row; the null tracker for a stage run alone or with tracking off."""
-    parent = os.environ.get(PARENT_ENV)
-    return Tracker(parent, tracker._client) if tracker.active and parent else NULL_TRACKER
-
-
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
 """a Markdown link or image: [text](target) / ![alt](target)"""
 

@@ -280,6 +280,7 @@ def test_toy_pipeline_and_retraining_flows(harness: None, toy_repo: Path) -> Non
     assert [r["stage"] for r in rows] == [*STAGES, "register + promote"]
     parent = client.get_run(first["parent_run_id"]).data
     assert parent.tags["rlhf.promotion"] == "v1 (ppo) promoted" and parent.metrics["headline/promoted"] == 1.0
+    assert (parent.metrics["headline/win/ppo"], parent.metrics["headline/low/dpo"]) == (0.65, 0.5)
 
     # 2. An experiment on a PPO param (`dvc exp run -S`) reruns only PPO and what follows, and the flow
     #    run after it trains nothing; it registers the new actor, which loses to the champion.
@@ -289,6 +290,8 @@ def test_toy_pipeline_and_retraining_flows(harness: None, toy_repo: Path) -> Non
     second = pipeline_flow(root=root, comparator="tests.test_flows:worse")
     assert ran(second) == [] and second["registered"]["new_actor"] and not second["registered"]["new_dpo_actor"]
     assert not second["promotion"]["promote"] and (alias(CHAMPION), alias(CHALLENGER)) == ("1", "3")
+    # nothing ran, yet this pipeline run's row carries the headline too
+    assert client.get_run(second["parent_run_id"]).data.metrics["headline/win/ppo"] == 0.65
 
     # 3. Retraining: one valid and one invalid file arrive; the valid one is tracked and retrains from
     #    the preferences stage on; the new reward model and actor are registered; the actor wins.
