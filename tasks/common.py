@@ -95,6 +95,7 @@ RANGES: dict[str, Range] = {
     **dict.fromkeys(["warmup_steps", "checkpoint_every", "snapshot_every", "probe_prompts"], NON_NEGATIVE),
     **dict.fromkeys(["n_prompts", "curve_prompts", "eval_prompts", "seed", "labeler_seed"], NON_NEGATIVE),
     **dict.fromkeys(["n_demos", "n_pref_prompts", "n_ppo_prompts", "n_eval_prompts"], NON_NEGATIVE),
+    "entities_per_family": NON_NEGATIVE,
     **dict.fromkeys(["weight_decay", "grad_clip", "kl_coef", "vf_coef", "ent_coef"], NON_NEGATIVE),
     "missing_eos_penalty": NON_NEGATIVE,
     # 0 is greedy decoding where a temperature only samples; PPO, which divides its logits, refuses 0 itself

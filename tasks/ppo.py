@@ -53,7 +53,8 @@ class PPOParams(PPOConfig):
     checkpoint_every: int
     """iterations between resumable checkpoints"""
     snapshot_every: int
-    """iterations between actor snapshots for the over-optimisation curve (0: none)"""
+    """actor snapshots for the over-optimisation curve at iterations 1, 2, 4, ... below it, then every this many,
+    and the last (0: none; rlhf.ppo_run.snapshot_due)"""
     probe_prompts: int
     """PPO prompts on which the reward is normalised and the SFT start and the final actor are measured"""
 

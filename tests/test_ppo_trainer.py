@@ -262,3 +262,11 @@ def test_resume_is_refused_when_the_reward_or_the_sft_model_changed(tok, tmp_pat
         run(params)
     (root / "models/sft/model.safetensors").write_text("sft weights")
     assert len(run(params)) == CFG.iterations  # the very inputs it started from: resumed to the end
+
+
+def test_snapshots_are_early_and_dense_then_regular():
+    from rlhf.ppo_run import snapshot_due
+
+    assert [i for i in range(1, 41) if snapshot_due(i, 16, 40)] == [1, 2, 4, 8, 16, 32, 40]
+    assert [i for i in range(1, 13) if snapshot_due(i, 5, 12)] == [1, 2, 4, 5, 10, 12]
+    assert not any(snapshot_due(i, 0, 40) for i in range(41))
