@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from rlhf.device import model_device
 from rlhf.model import ScalarHeadModel
 from rlhf.padding import right_pad
 from rlhf.tokenizer import ChatTokenizer
@@ -83,6 +84,6 @@ class RewardModelJudge:
                 responses[i : i + batch_size],
                 self.model.cfg.block_size,
             )
-            device = next(self.model.parameters()).device
+            device = model_device(self.model)  # a reward model read with the critic's adapter off has no weights
             out += ((self.model.score(ids.to(device), mask.to(device)).float() - self.mean) / self.std).tolist()
         return out

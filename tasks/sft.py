@@ -18,15 +18,16 @@ from typing import Any
 import torch
 
 from rlhf import distributed
-from rlhf.checkpoint import fingerprint, load_model, resumable_meta, save_model
+from rlhf.checkpoint import fingerprint, load_model, resumable_meta
 from rlhf.data import read_demos, read_prompts
 from rlhf.generate import SamplingConfig, generate_text
 from rlhf.io import write_jsonl
 from rlhf.judges import Judge
 from rlhf.lm_data import EpochSampler, sft_example
 from rlhf.lm_train import TrainConfig, train_lm
+from rlhf.lora import LoRAConfig, save_stage_model, trainee
 from rlhf.tokenizer import ChatTokenizer
-from tasks.common import Params, RuntimeParams, path, resume_inputs, write_metrics
+from tasks.common import Params, RuntimeParams, path, resume_inputs, with_lora, write_metrics
 from tasks.judge import ContentFn, content_judge, gold_judge
 from tasks.stage import entry, lifecycle
 
@@ -69,10 +70,11 @@ class Config:
     judge: Judge | None
     content: ContentFn | None
     runtime: RuntimeParams
+    lora: LoRAConfig
 
 
 def configure(p: Params) -> Config:
-    return Config(p.section("sft", SFTParams), gold_judge(p), content_judge(p), p.runtime())
+    return Config(p.section("sft", SFTParams), gold_judge(p), content_judge(p), p.runtime(), p.lora())
 
 
 def judge_models(
@@ -112,11 +114,14 @@ def run(params: dict) -> dict:
     )
     sampler = EpochSampler(train_ids, train_np, cfg.batch_size, cfg.seed, tok.pad_id)
     held = EpochSampler(held_ids, held_np, cfg.batch_size, cfg.seed, tok.pad_id).eval_batches()
-    inputs = resume_inputs({"sft": params["sft"]}, ["models/base/model.safetensors", DEMOS, TOKENIZER])
+    inputs = resume_inputs(
+        with_lora({"sft": params["sft"]}, conf.lora), ["models/base/model.safetensors", DEMOS, TOKENIZER]
+    )
     resumable_meta(path(STATE) / "checkpoint", fingerprint(cfg, inputs), path(STATE))  # refuse early
     with lifecycle("sft", p, conf.runtime, state_dir=path(STATE)) as ctx:
         rt, tr = ctx.rt, ctx.tracker
         model = load_model(path("models/base"), arch="gpt").to(rt.device)
+        model = trainee(model, conf.lora, "sft", conf.runtime.gradient_checkpointing)  # LoRA: an adapter on base
         torch.manual_seed(distributed.rank_seed(cfg.seed))  # dropout masks differ per rank
         final = train_lm(
             model, sampler, held, cfg, path(STATE) / "checkpoint", tr.log_metrics, name="sft", runtime=rt,
@@ -137,7 +142,9 @@ def run(params: dict) -> dict:
             **ctx.cost(seconds),
         }
         tr.log_metrics({f"sft/{k}": v for k, v in metrics.items() if isinstance(v, float)}, cfg.steps)
-        save_model(path("models/sft"), model, path(TOKENIZER), stage="sft", steps=cfg.steps)
+        save_stage_model(
+            path("models/sft"), model, path(TOKENIZER), path("models/base"), "models/base", stage="sft", steps=cfg.steps
+        )  # with LoRA: the merged model, for every reader, and models/sft/adapter
         write_metrics("sft", metrics)
     return metrics
 

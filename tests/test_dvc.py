@@ -161,14 +161,15 @@ def test_tiny_params_name_existing_keys() -> None:
 
 def test_the_dpo_stage_lists_what_it_reads_and_runs() -> None:
     """Its deps are the core modules it imports (no more: a change elsewhere must not retrain it), its task file,
-    SFT, the pairs and their gate; its params are its section and the reward model's held-out share."""
+    SFT, the pairs and their gate; its params are its section, the adapters (model.lora) and the reward model's
+    held-out share."""
     stage = DVC_YAML["dpo"]
     code = {d for d in stage["deps"] if d.startswith(("rlhf/", "tasks/"))}
     imported = core_imports("tasks.dpo")
     assert imported <= code and code - imported == {"tasks/dpo.py"}
     data = set(stage["deps"]) - code
     assert data == {"models/sft", "data/preferences/pairs.parquet", "reports/validation/preferences.json"}
-    assert stage["params"] == ["dpo", "reward_model.val_frac", "runtime"]
+    assert stage["params"] == ["dpo", "model.lora", "reward_model.val_frac", "runtime"]
     assert stage["outs"] == ["models/dpo"] and stage["metrics"] == [{"metrics/dpo.json": {"cache": False}}]
     compare = DVC_YAML["compare_methods"]
     assert {"models/dpo", "models/ppo", "metrics/dpo.json", "metrics/eval.json"} <= set(compare["deps"])
