@@ -29,7 +29,7 @@ SOURCES = [
 # Toy sizes for every section (keys absent from params.yaml are left alone): the whole pipeline in about a minute.
 TINY: dict[str, dict[str, Any]] = {
     "world": {"corpus_chars": 30000, "n_demos": 200, "n_pref_prompts": 40, "n_ppo_prompts": 32, "n_eval_prompts": 16},
-    "tokenizer": {"vocab_size": 400},
+    "tokenizer": {"vocab_size": 512},  # at 400 one chatty demo takes 130 tokens > the context
     "model": {"n_layer": 1, "n_head": 2, "n_embd": 32},
     "pretrain": {"steps": 60, "batch_size": 8, "warmup_steps": 2, "eval_every": 30, "checkpoint_every": 0},
     "sft": {
