@@ -93,6 +93,12 @@ def load_model(path: str | Path, arch: str | None = None) -> torch.nn.Module:
         model = from_checkpoint_config(config)  # allocated without a random init
         model.load_state_dict(state)
         return model
+    if "transformer.wpe.weight" in state:
+        raise ValueError(
+            f"{path}: a built-in GPT with learned position embeddings, from before the model took rotary positions; "
+            "this version cannot run it. Retrain it (`dvc repro`), and archive such a version in the MLflow "
+            "registry if it is the champion, so that a new actor is compared with a model that can run."
+        )
     # Built on the meta device and given the file's tensors: no random init of weights about to be replaced
     # (minutes for a large model) and no draw from the global RNG, so loading never shifts a seeded run.
     with torch.device("meta"):
