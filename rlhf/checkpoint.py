@@ -43,7 +43,7 @@ def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _is_peft(model: torch.nn.Module) -> bool:
+def is_peft(model: torch.nn.Module) -> bool:
     """peft's wrapper (rlhf.lora), told apart by its class's package so that peft is imported only with LoRA on."""
     return type(model).__module__.split(".")[0] == "peft"
 
@@ -51,7 +51,7 @@ def _is_peft(model: torch.nn.Module) -> bool:
 def write_model(out: Path, model: CausalLM | ScalarModel, tokenizer_path: Path | None, extra: dict[str, Any]) -> None:
     """Write the model files into an existing directory `out` (used inside an atomic_dir)."""
     save_file(_state_tensors(model), str(out / "model.safetensors"))
-    if _is_peft(model):  # a LoRA model (rlhf.lora) in a training state: resumed by load_state_dict
+    if is_peft(model):  # a LoRA model (rlhf.lora) in a training state: resumed by load_state_dict
         config = {"arch": "lora-training-state", "adapters": sorted(model.peft_config), **extra}
     elif isinstance(model, CausalLM | ScalarModel):
         config = {**model.checkpoint_config(), **extra}  # each backend says how to rebuild itself
@@ -93,6 +93,12 @@ def load_model(path: str | Path, arch: str | None = None) -> torch.nn.Module:
         model = from_checkpoint_config(config)  # allocated without a random init
         model.load_state_dict(state)
         return model
+    if "transformer.wpe.weight" in state:
+        raise ValueError(
+            f"{path}: a built-in GPT with learned position embeddings, from before the model took rotary positions; "
+            "this version cannot run it. Retrain it (`dvc repro`), and archive such a version in the MLflow "
+            "registry if it is the champion, so that a new actor is compared with a model that can run."
+        )
     # Built on the meta device and given the file's tensors: no random init of weights about to be replaced
     # (minutes for a large model) and no draw from the global RNG, so loading never shifts a seeded run.
     with torch.device("meta"):

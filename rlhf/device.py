@@ -67,6 +67,12 @@ def resolve(device: str = "auto", precision: str = "auto") -> Runtime:
     return Runtime(dev, resolved)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights are; a view that holds none of its own (rlhf.lora.AdapterOff) answers for the
+    model it reads."""
+    return next(getattr(model, "peft_model", model).parameters()).device
+
+
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     """A frozen model (the PPO reference, the reward model): eval mode, no gradients ever asked of it."""
     return model.eval().requires_grad_(False)

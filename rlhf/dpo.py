@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 
 from rlhf import distributed
 from rlhf.checkpoint import fingerprint, load_resumable, save_resumable
-from rlhf.device import CPU, Runtime
+from rlhf.device import CPU, Runtime, model_device
 from rlhf.lm_data import IGNORE, _generator, sft_batch
 from rlhf.lm_train import LogFn, TrainConfig, lr_at, make_optimizer
 from rlhf.model import GPT, disable_dropout
@@ -90,10 +90,11 @@ def sequence_logps(
 ) -> torch.Tensor:
     """Summed (or, with `average`, per-token mean) response log-prob of each full sequence (B,), with gradients.
 
-    `model` is a GPT or a DDP wrapper of one; rows are right-padded, which a causal model needs no mask for.
+    `model` is a GPT, a DDP wrapper of one or a LoRA adapter-off view; rows are right-padded, which a causal model
+    needs no mask for.
     """
     x, y = sft_batch(seqs, n_prompt, pad_id)
-    device = next(model.parameters()).device
+    device = model_device(model)  # the reference may be a LoRA policy's adapter-off view (rlhf.lora.AdapterOff)
     x, y = x.to(device), y.to(device)
     logits = model(x).float()  # (B, T, V)
     total, count = response_logps(logprobs_from_logits(logits, y.clamp(min=0)), y)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from rlhf.device import model_device
 from rlhf.model import ScalarHeadModel
 from rlhf.padding import right_pad
 from rlhf.tokenizer import ChatTokenizer
@@ -19,9 +20,8 @@ from rlhf.tokenizer import ChatTokenizer
 Judge = Callable[[list[str], list[str]], list[float]]
 
 
-def load_judge(spec: str) -> Judge:
-    """ "module:function" -> the function, checked to be callable, whose every answer is checked to be one
-    finite float per pair (`check_scores`)."""
+def import_callable(spec: str) -> Callable:
+    """ "module:function" -> the function, checked to be callable (a ValueError naming what is wrong)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"judge '{spec}': expected an import path 'package.module:function'")
@@ -32,6 +32,12 @@ def load_judge(spec: str) -> Judge:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"judge '{spec}': '{module_name}' has no callable '{attr}'")
+    return fn
+
+
+def load_judge(spec: str) -> Judge:
+    """ "module:function" -> the judge, whose every answer is checked to be one finite float per pair."""
+    fn = import_callable(spec)
 
     def checked(prompts: list[str], responses: list[str]) -> list[float]:
         # a user's judge is checked on every answer, here once, so no caller checks again
@@ -78,6 +84,6 @@ class RewardModelJudge:
                 responses[i : i + batch_size],
                 self.model.cfg.block_size,
             )
-            device = next(self.model.parameters()).device
+            device = model_device(self.model)  # a reward model read with the critic's adapter off has no weights
             out += ((self.model.score(ids.to(device), mask.to(device)).float() - self.mean) / self.std).tolist()
         return out

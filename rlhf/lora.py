@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from rlhf.checkpoint import file_hash, load_model, read_config, save_model
+from rlhf.checkpoint import file_hash, is_peft, load_model, read_config, save_model, write_model
 from rlhf.io import atomic_dir, write_json
 from rlhf.model import ScalarHeadModel, Transformer
 
@@ -228,6 +228,12 @@ def set_gradient_checkpointing(model: nn.Module, on: bool) -> nn.Module:
     return model
 
 
+def trainee(model: nn.Module, cfg: LoRAConfig, name: str, gradient_checkpointing: bool) -> nn.Module:
+    """The model a training stage trains: with a fresh adapter `name` when LoRA is on (else every weight), and
+    gradient checkpointing as params `runtime.gradient_checkpointing` asks."""
+    return set_gradient_checkpointing(apply_lora(model, cfg, name) if cfg.enabled else model, gradient_checkpointing)
+
+
 # --- checkpoints ------------------------------------------------------------------------------------------
 
 
@@ -317,6 +323,29 @@ def load_adapter(path: str | Path, base_dir: str | Path | None = None) -> nn.Mod
 def merged_copy(model: nn.Module) -> nn.Module:
     """A plain model (GPT, ScalarHeadModel or their HF twins) with the adapter folded into a copy of the weights."""
     return copy.deepcopy(model).merge_and_unload()
+
+
+def servable(model: nn.Module) -> nn.Module:
+    """The model as a plain checkpoint holds it: a LoRA model merged into a copy (its adapter kept), else itself."""
+    return merged_copy(model) if is_peft(model) else model
+
+
+def save_stage_model(
+    out: str | Path,
+    model: nn.Module,
+    tokenizer_path: Path | None,
+    base_dir: str | Path,
+    base_label: str,
+    **extra: Any,
+) -> None:
+    """A stage's output model, atomically: a plain checkpoint (merged, for a LoRA model, so that every reader
+    loads it as before) and, for a LoRA model, its adapter in `out`/adapter naming its base (`base_dir`, recorded
+    as `base_label`, a path relative to the working root)."""
+    with atomic_dir(out) as tmp:
+        lora = is_peft(model)
+        write_model(tmp, servable(model), tokenizer_path, {**extra, **({"lora_adapter": "adapter"} if lora else {})})
+        if lora:
+            save_adapter(tmp / "adapter", model, base_dir, base_label)
 
 
 def export_merged(path: str | Path, out: str | Path, base_dir: str | Path | None = None, **extra: Any) -> None:

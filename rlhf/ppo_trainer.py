@@ -55,7 +55,7 @@ ScoreFn = Callable[[Rollout], torch.Tensor]  # raw reward (B,) of a rollout
 
 @dataclass(frozen=True, kw_only=True)
 class PPOConfig:
-    iterations: int = 40
+    iterations: int = 16
     """rollout + learning rounds"""
     batch_size: int = 64
     """rollouts per iteration"""

@@ -13,12 +13,15 @@ import typing
 from collections.abc import Callable
 from dataclasses import MISSING
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from rlhf.data import DataError
 from rlhf.io import write_json
+
+if TYPE_CHECKING:
+    from rlhf.lora import LoRAConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -92,6 +95,7 @@ RANGES: dict[str, Range] = {
     **dict.fromkeys(["warmup_steps", "checkpoint_every", "snapshot_every", "probe_prompts"], NON_NEGATIVE),
     **dict.fromkeys(["n_prompts", "curve_prompts", "eval_prompts", "seed", "labeler_seed"], NON_NEGATIVE),
     **dict.fromkeys(["n_demos", "n_pref_prompts", "n_ppo_prompts", "n_eval_prompts"], NON_NEGATIVE),
+    "entities_per_family": NON_NEGATIVE,
     **dict.fromkeys(["weight_decay", "grad_clip", "kl_coef", "vf_coef", "ent_coef"], NON_NEGATIVE),
     "missing_eos_penalty": NON_NEGATIVE,
     # 0 is greedy decoding where a temperature only samples; PPO, which divides its logits, refuses 0 itself
@@ -101,6 +105,8 @@ RANGES: dict[str, Range] = {
     **dict.fromkeys(["heldout_frac", "val_frac", "dropout"], FRACTION),
     "labeler_length_bias": FINITE,
     "beta": POSITIVE,
+    "r": NON_NEGATIVE,  # model.lora: 0 = off
+    "alpha": POSITIVE,
     "label_smoothing": Range(0, 0.5, hi_open=True),
 }
 
@@ -184,6 +190,12 @@ def resume_inputs(params: dict[str, Any], files: list[str]) -> dict[str, Any]:
     return {"params": params, "sha256": {f: file_hash(path(f)) for f in files}}
 
 
+def with_lora(params: dict[str, Any], lora: LoRAConfig) -> dict[str, Any]:
+    """A training stage's resume params plus `model.lora` when adapters are on (with LoRA off the fingerprint is
+    the one it always was, so a state written before the key existed still resumes)."""
+    return {**params, "model.lora": dataclasses.asdict(lora)} if lora.enabled else params
+
+
 def cli(description: str, add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """The common command line of a stage: `python -m tasks.<stage> [--params FILE]`, and its own options."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,6 +239,8 @@ class RuntimeParams:
     """auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16"""
     nproc_per_node: int = 1
     """training processes on this node (one per GPU); above 1 a training stage relaunches itself under torchrun"""
+    gradient_checkpointing: bool = False
+    """training stages recompute block activations in backward instead of keeping them (rlhf.lora)"""
 
 
 class Params:
@@ -259,6 +273,14 @@ class Params:
         for a params file written before the section existed)."""
         self._note("runtime")
         return build_dataclass(RuntimeParams, self.raw.get("runtime") or {}, f"{params_path()}:runtime")
+
+    def lora(self) -> LoRAConfig:
+        """`model.lora` as rlhf.lora.LoRAConfig (off, r = 0, for a params file written before the key existed)."""
+        from rlhf.lora import LoRAConfig
+
+        self._note("model.lora")
+        raw = (self.raw.get("model") or {}).get("lora")
+        return LoRAConfig() if raw is None else build_dataclass(LoRAConfig, raw, f"{params_path()}:model.lora")
 
     def logged(self) -> dict[str, Any]:
         """What the stage read, as its MLflow params: {"sft": {...}, "judge.gold": "..."}."""

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from rlhf.checkpoint import fingerprint, load_model, resumable_meta, save_model
+from rlhf.checkpoint import fingerprint, load_model, resumable_meta
 from rlhf.dpo import DPOConfig, train_dpo
+from rlhf.lora import AdapterOff, LoRAConfig, save_stage_model, trainee
 from rlhf.reward import encode_frame, split
 from rlhf.tokenizer import ChatTokenizer
-from tasks.common import ParamError, Params, RuntimeParams, path, resume_inputs, write_metrics
+from tasks.common import ParamError, Params, RuntimeParams, path, resume_inputs, with_lora, write_metrics
 from tasks.stage import entry, lifecycle
 
 SFT = "models/sft"
@@ -33,6 +34,7 @@ class Config:
     val_frac: float
     """the reward model's held-out share: DPO holds out the very same prompts"""
     runtime: RuntimeParams
+    lora: LoRAConfig
 
 
 def configure(p: Params) -> Config:
@@ -40,7 +42,7 @@ def configure(p: Params) -> Config:
     val_frac = p.value("reward_model.val_frac")
     if not isinstance(val_frac, (int, float)) or not 0 < val_frac < 1:
         raise ParamError(f"params.yaml:reward_model.val_frac must be a number in (0, 1) for DPO, got {val_frac!r}")
-    return Config(cfg, float(val_frac), p.runtime())
+    return Config(cfg, float(val_frac), p.runtime(), p.lora())
 
 
 def run(params: dict) -> dict:
@@ -57,14 +59,15 @@ def run(params: dict) -> dict:
         )
     train, val = encode_frame(tok, train_df, sft.cfg.block_size), encode_frame(tok, val_df, sft.cfg.block_size)
     inputs = resume_inputs(
-        {"dpo": params["dpo"], "reward_model.val_frac": params["reward_model"]["val_frac"]},
+        with_lora({"dpo": params["dpo"], "reward_model.val_frac": params["reward_model"]["val_frac"]}, conf.lora),
         [f"{SFT}/model.safetensors", PAIRS],
     )
     resumable_meta(path(STATE) / "checkpoint", fingerprint(cfg, inputs), path(STATE))  # refuse before any work
     with lifecycle("dpo", p, conf.runtime, state_dir=path(STATE)) as ctx:
         rt, tr = ctx.rt, ctx.tracker
-        model = sft.to(rt.device)
-        reference = load_model(path(SFT), arch="gpt").to(rt.device).eval()
+        model = trainee(sft.to(rt.device), conf.lora, "dpo", conf.runtime.gradient_checkpointing)
+        # LoRA: the reference is the policy with its adapter off (TRL's ref_model=None), no second copy
+        reference = AdapterOff(model) if conf.lora.enabled else load_model(path(SFT), arch="gpt").to(rt.device).eval()
         best = train_dpo(
             model,
             reference,
@@ -95,7 +98,9 @@ def run(params: dict) -> dict:
         }
         tr.log_metrics({f"dpo/{k}": float(v) for k, v in metrics.items()}, best["steps"])
         tokenizer = path(f"{SFT}/tokenizer.json")
-        save_model(path("models/dpo"), model, tokenizer, stage="dpo", beta=cfg.beta, loss_type=cfg.loss_type)
+        save_stage_model(
+            path("models/dpo"), model, tokenizer, path(SFT), SFT, stage="dpo", beta=cfg.beta, loss_type=cfg.loss_type
+        )
         write_metrics("dpo", metrics)
     return metrics
 

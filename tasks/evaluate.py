@@ -25,7 +25,7 @@ from rlhf.io import write_json, write_jsonl
 from rlhf.judges import Judge, RewardModelJudge
 from rlhf.tokenizer import ChatTokenizer
 from tasks.common import Params, RuntimeParams, path
-from tasks.judge import gold_judge
+from tasks.judge import ContentFn, content_judge, gold_judge
 from tasks.plots import plot_overoptimization, write_csv
 from tasks.report import write_report
 from tasks.stage import Context, entry, lifecycle
@@ -59,11 +59,12 @@ class EvalParams:
 class Config:
     eval: EvalParams
     judge: Judge | None
+    content: ContentFn | None
     runtime: RuntimeParams
 
 
 def configure(p: Params) -> Config:
-    return Config(p.section("evaluate", EvalParams), gold_judge(p), p.runtime())
+    return Config(p.section("evaluate", EvalParams), gold_judge(p), content_judge(p), p.runtime())
 
 
 def judges_for(gold: Judge | None, tok: ChatTokenizer, rt: Runtime) -> dict[str, Judge]:
@@ -170,6 +171,8 @@ def evaluate(conf: Config, ctx: Context, candidate: str | None, baseline: str | 
     cand, base = policies["candidate"], policies["baseline"]
     results = {j: compare(cand, base, j, families, cfg.n_boot, cfg.seed) for j in judges}
     metrics = summary(cand, base, results, kl)
+    if conf.content is not None:  # the headline: how many answers are right, and answer what was asked
+        metrics["content"] = {name: conf.content(s.prompts, s.responses) for name, s in policies.items()}
     if curve:
         write_csv(path("plots/overoptimization.csv"), curve)
         plot_overoptimization(curve, path("plots/overoptimization.png"))

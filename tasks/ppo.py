@@ -29,13 +29,14 @@ from rlhf.evaluation import judge_samples, sample_policy
 from rlhf.generate import SamplingConfig
 from rlhf.io import atomic_dir
 from rlhf.judges import Judge, RewardModelJudge, load_judge
+from rlhf.lora import LoRAConfig, ppo_models, save_stage_model, servable, set_gradient_checkpointing
 from rlhf.model import GPT, ScalarHeadModel, normalise_head
 from rlhf.ppo_run import RunOptions, train_ppo
 from rlhf.ppo_trainer import PPOConfig, PPOState, ScoreFn, check_batch_sizes, make_state, reward_statistics
 from rlhf.rollout import reward_model_scores
 from rlhf.tokenizer import ChatTokenizer
 from tasks import tracking
-from tasks.common import ParamError, Params, RuntimeParams, path, resume_inputs, write_metrics
+from tasks.common import ParamError, Params, RuntimeParams, path, resume_inputs, with_lora, write_metrics
 from tasks.judge import gold_judge
 from tasks.plots import plot_curves, write_csv
 from tasks.stage import entry, lifecycle
@@ -52,7 +53,8 @@ class PPOParams(PPOConfig):
     checkpoint_every: int
     """iterations between resumable checkpoints"""
     snapshot_every: int
-    """iterations between actor snapshots for the over-optimisation curve (0: none)"""
+    """actor snapshots for the over-optimisation curve at iterations 1, 2, 4, ... below it, then every this many,
+    and the last (0: none; rlhf.ppo_run.snapshot_due)"""
     probe_prompts: int
     """PPO prompts on which the reward is normalised and the SFT start and the final actor are measured"""
 
@@ -85,13 +87,14 @@ def make_critic(cfg: PPOParams, actor: GPT, rm: ScalarHeadModel, mean: float, st
     return critic
 
 
-def ppo_inputs(params: dict) -> dict:
+def ppo_inputs(params: dict, lora: LoRAConfig) -> dict:
     """What a PPO checkpoint must have been started from to be resumed: all of `ppo` (reward spec and critic
     init included), the gold judge's spec, the SFT and reward-model weights (and the RM's normalisation), the
     prompts."""
     files = ["models/sft/model.safetensors", "models/reward_model/model.safetensors"]
     files += ["models/reward_model/config.json", "data/prepared/prompts_ppo.jsonl"]
-    return resume_inputs({"ppo": params["ppo"], "judge.gold": params.get("judge", {}).get("gold", "none")}, files)
+    read = {"ppo": params["ppo"], "judge.gold": params.get("judge", {}).get("gold", "none")}
+    return resume_inputs(with_lora(read, lora), files)
 
 
 def probe(actor, ref, tok, prompts, cfg: PPOParams, judges, rt: Runtime) -> dict[str, float]:
@@ -108,12 +111,32 @@ def probe(actor, ref, tok, prompts, cfg: PPOParams, judges, rt: Runtime) -> dict
     }
 
 
-def load_models(rt: Runtime) -> tuple[GPT, GPT, ScalarHeadModel]:
-    """Actor (learning), reference and reward model (frozen), on the runtime's device."""
+def load_models(rt: Runtime, lora: LoRAConfig) -> tuple[GPT, GPT | None, ScalarHeadModel]:
+    """Actor (learning), reference and reward model (frozen), on the runtime's device. With LoRA there is no
+    reference to load: it is the actor with its adapter off (`trained_models`)."""
     actor = load_model(path("models/sft"), "gpt").to(rt.device)
-    ref = freeze(load_model(path("models/sft"), "gpt").to(rt.device))
+    ref = None if lora.enabled else freeze(load_model(path("models/sft"), "gpt").to(rt.device))
     rm = freeze(load_model(path("models/reward_model"), "scalar").to(rt.device).eval())
     return actor, ref, rm
+
+
+def trained_models(
+    conf: Config, actor: GPT, ref: GPT | None, rm: ScalarHeadModel, mean: float, std: float, rt: Runtime
+) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """(actor, reference, critic, reward model) as PPO trains and reads them. With LoRA (rlhf.lora.ppo_models):
+    the actor an adapter on the SFT body and the reference that body with the adapter off; the critic an
+    adapter + value head on the reward model's body and the reward that body with the critic's adapter off, so
+    the reward must be read through the returned model, never the `rm` passed in (which now carries the critic)."""
+    cfg, lora = conf.ppo, conf.lora
+    if lora.enabled:
+        norm = (mean, std) if cfg.reward == "reward_model" else (None, None)  # a judge: the value head at zero
+        actor, ref, critic, rm = ppo_models(actor, rm, lora, *norm)
+        critic.train()  # as make_critic's copy (dropout is off in both all the same: make_state)
+    else:
+        critic = make_critic(cfg, actor, rm, mean, std).to(rt.device)
+    for model in (actor, critic):
+        set_gradient_checkpointing(model, conf.runtime.gradient_checkpointing)
+    return actor, ref, critic, rm
 
 
 @dataclass(frozen=True)
@@ -122,10 +145,19 @@ class Config:
     """the core's PPOConfig and what the stage adds (reward source, critic init, checkpoints, probes)"""
     judge: Judge | None
     runtime: RuntimeParams
+    lora: LoRAConfig
 
 
 def configure(p: Params) -> Config:
-    return Config(p.section("ppo", PPOParams), gold_judge(p), p.runtime())
+    conf = Config(p.section("ppo", PPOParams), gold_judge(p), p.runtime(), p.lora())
+    if conf.lora.enabled and conf.ppo.critic_init == "sft":
+        # A critic on the SFT body would need a third frozen body (a copy of SFT's: the actor's adapter cannot be
+        # on while the critic's is, on one module), which is the memory LoRA is there to save.
+        raise ParamError(
+            "params.yaml: ppo.critic_init 'sft' needs model.lora.r = 0; with LoRA the critic is an adapter and value "
+            "head on the reward model's frozen body (ppo.critic_init: reward_model)"
+        )
+    return conf
 
 
 def run(params: dict) -> dict:
@@ -139,16 +171,16 @@ def run(params: dict) -> dict:
     except ValueError as e:
         raise ParamError(f"params.yaml:ppo: {e}") from e
     tok = ChatTokenizer.load(path("models/sft"))
-    inputs = ppo_inputs(params)
+    inputs = ppo_inputs(params, conf.lora)
     # Refused before anything loads or an MLflow run opens: a checkpoint of other inputs is an error to act on.
     resumable_meta(path(STATE) / "checkpoint", fingerprint(cfg, inputs), path(STATE))
     with lifecycle("ppo", p, conf.runtime, state_dir=path(STATE)) as ctx:
         rt, tr = ctx.rt, ctx.tracker
-        actor, ref, rm = load_models(rt)
+        actor, ref, rm = load_models(rt, conf.lora)
         probe_set = prompts[: cfg.probe_prompts]
-        raw_fn = raw_score_fn(cfg.reward, rm, tok)
-        mean, std = reward_statistics(actor, raw_fn, tok, probe_set, cfg, rt)
-        critic = make_critic(cfg, actor, rm, mean, std).to(rt.device)
+        mean, std = reward_statistics(actor, raw_score_fn(cfg.reward, rm, tok), tok, probe_set, cfg, rt)
+        actor, ref, critic, rm = trained_models(conf, actor, ref, rm, mean, std, rt)
+        raw_fn = raw_score_fn(cfg.reward, rm, tok)  # with LoRA, `rm` is now the critic's body, adapter off
         rm_cfg = read_config(path("models/reward_model"))
         rm_norm = (
             (mean, std)
@@ -195,11 +227,12 @@ def run(params: dict) -> dict:
 def _snapshot(state: PPOState) -> None:
     """An actor checkpoint along training (rank 0 only: the core calls it there)."""
     with atomic_dir(path(STATE) / "snapshots" / f"iter_{state.iteration:04d}") as tmp:
-        write_model(tmp, state.actor, path("models/sft/tokenizer.json"), {"iteration": state.iteration})
+        write_model(tmp, servable(state.actor), path("models/sft/tokenizer.json"), {"iteration": state.iteration})
 
 
 def _write_outputs(state: PPOState, history: list[dict[str, float]], tr: tracking.Tracker, reward: str) -> None:
-    """The training curves (CSV, PNG) and models/ppo: actor, critic and the snapshots."""
+    """The training curves (CSV, PNG) and models/ppo: actor, critic (merged, with LoRA, and each with its
+    adapter/) and the snapshots."""
     rows = [{"iteration": i + 1, **h} for i, h in enumerate(history)]
     write_csv(path("plots/ppo_curves.csv"), rows)
     keys = [
@@ -214,9 +247,11 @@ def _write_outputs(state: PPOState, history: list[dict[str, float]], tr: trackin
     tr.log_artifact(path("plots/ppo_curves.png"))
     snapshots = path(STATE) / "snapshots"
     with atomic_dir(path("models/ppo")) as tmp:
-        for name, model in (("actor", state.actor), ("critic", state.critic)):
-            (tmp / name).mkdir()
-            write_model(tmp / name, model, path("models/sft/tokenizer.json"), {"stage": "ppo"})
+        for name, model, base in (
+            ("actor", state.actor, "models/sft"),
+            ("critic", state.critic, "models/reward_model"),
+        ):
+            save_stage_model(tmp / name, model, path("models/sft/tokenizer.json"), path(base), base, stage="ppo")
         if snapshots.exists():
             shutil.copytree(snapshots, tmp / "snapshots")
 

@@ -15,6 +15,7 @@ from rlhf import distributed
 from rlhf.checkpoint import fingerprint, resumable_meta, save_model
 from rlhf.lm_data import WindowSampler, encode_documents, fixed_batches
 from rlhf.lm_train import TrainConfig, train_lm
+from rlhf.lora import set_gradient_checkpointing
 from rlhf.model import GPT, GPTConfig
 from rlhf.tokenizer import ChatTokenizer
 from tasks.common import Params, RuntimeParams, build_dataclass, path, resume_inputs, write_metrics
@@ -23,19 +24,21 @@ from tasks.stage import entry, lifecycle
 TOKENIZER = "data/tokenizer/tokenizer.json"
 STATE = "state/pretrain"  # checkpoint/ (training state) and the MLflow run to continue
 EVAL_BATCHES = 8
+MODEL_KEYS = ("hf_path", "block_size", "n_layer", "n_head", "n_embd", "dropout")
+"""what pretrain reads of `model`, key by key: not model.lora, so switching adapters on never retrains the base"""
 
 
 @dataclass(frozen=True)
 class Config:
     model: dict
-    """the `model` section as written (its GPTConfig needs the tokenizer's vocabulary: `model_config`)"""
+    """the `model` keys of MODEL_KEYS as written (its GPTConfig needs the tokenizer's vocabulary: `model_config`)"""
     train: TrainConfig | None
     """None when model.hf_path names a Hugging Face model to export instead of training"""
     runtime: RuntimeParams
 
 
 def configure(p: Params) -> Config:
-    model = p.value("model")
+    model = {k: p.value(f"model.{k}") for k in MODEL_KEYS}
     train = None if model.get("hf_path") else p.section("pretrain", TrainConfig)
     if train is not None:  # checked now, before any file is read (1 stands in for the tokenizer's vocabulary)
         model_config(model, 1)
@@ -78,12 +81,12 @@ def run(params: dict) -> dict:
     n_val = max(1, len(docs) // 20)  # the last 5% of documents are held out
     train = WindowSampler(encode_documents(tok, docs[:-n_val]), mcfg.block_size, cfg.batch_size, cfg.seed)
     val = WindowSampler(encode_documents(tok, docs[-n_val:]), mcfg.block_size, cfg.batch_size, cfg.seed)
-    inputs = resume_inputs({"model": params["model"]}, ["data/prepared/corpus.txt", TOKENIZER])
+    inputs = resume_inputs({"model": conf.model}, ["data/prepared/corpus.txt", TOKENIZER])
     resumable_meta(path(STATE) / "checkpoint", fingerprint(cfg, inputs), path(STATE))  # refuse early
     with lifecycle("pretrain", p, conf.runtime, state_dir=path(STATE)) as ctx:
         rt, tr = ctx.rt, ctx.tracker
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-        model = GPT(mcfg).to(rt.device)
+        model = set_gradient_checkpointing(GPT(mcfg).to(rt.device), conf.runtime.gradient_checkpointing)
         if distributed.is_distributed():
             torch.manual_seed(distributed.rank_seed(cfg.seed))  # dropout masks differ per rank
         final = train_lm(

@@ -50,6 +50,34 @@ def _eval_kl(metrics: dict) -> str:
     return "" if kl is None else f"; {kl:.2f} between the two policies at the evaluation temperature"
 
 
+def _share(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _content_table(content: dict | None) -> list[str]:
+    """Right and on-topic answers per prompt group, first: a win-rate says which policy a judge prefers, this says
+    whether its answers are right (a polite answer to another question wins on manners alone)."""
+    if not content:
+        return []
+    cand, base = content["candidate"], content["baseline"]
+    groups = sorted(set(cand["by_group"]) | set(base["by_group"]))
+    lines = [
+        "## Content: right answers, and answers to the question asked",
+        "",
+        "| group | candidate right | baseline right | candidate on topic | baseline on topic | n |",
+        "|---|---|---|---|---|---|",
+        f"| **all** | **{_share(cand['correct'])}** | **{_share(base['correct'])}** | {_share(cand['on_topic'])} "
+        f"| {_share(base['on_topic'])} | {cand['n']} |",
+    ]
+    for g in groups:
+        c, b = cand["by_group"].get(g, {}), base["by_group"].get(g, {})
+        lines.append(
+            f"| {g} | {_share(c.get('correct'))} | {_share(b.get('correct'))} | {_share(c.get('on_topic'))} "
+            f"| {_share(b.get('on_topic'))} | {c.get('n', 0)} |"
+        )
+    return [*lines, "", "## Win-rates", ""]
+
+
 def write_report(
     out: Path,
     metrics: dict,
@@ -67,6 +95,7 @@ def write_report(
         "on held-out evaluation prompts, same decoding for both. Win = 1, tie = ½; the 95% CI is a bootstrap "
         "over prompts.",
         "",
+        *_content_table(metrics.get("content")),
         *_win_table(results),
         "",
         f"KL of the candidate from the reference: **{metrics['kl']:.2f} nats per response** at temperature 1 "

@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rlhf.checkpoint import load_model, save_model
+from rlhf.checkpoint import load_model
 from rlhf.data import read_prompts
 from rlhf.device import Runtime
 from rlhf.generate import SamplingConfig
 from rlhf.judges import Judge
+from rlhf.lora import LoRAConfig, save_stage_model, trainee
 from rlhf.model import ScalarHeadModel
 from rlhf.reward import Pairs, RMConfig, encode_frame, margins, split, train_reward_model
 from rlhf.rollout import Rollout, reward_model_scores, sample_rollout
@@ -86,10 +87,11 @@ class Config:
     rm: RewardParams
     judge: Judge | None
     runtime: RuntimeParams
+    lora: LoRAConfig
 
 
 def configure(p: Params) -> Config:
-    return Config(p.section("reward_model", RewardParams), gold_judge(p), p.runtime())
+    return Config(p.section("reward_model", RewardParams), gold_judge(p), p.runtime(), p.lora())
 
 
 def run(params: dict) -> dict:
@@ -104,6 +106,8 @@ def run(params: dict) -> dict:
         rt, tr = ctx.rt, ctx.tracker
         torch.manual_seed(cfg.seed)  # the same head on every rank (DDP also broadcasts rank 0's weights)
         model = ScalarHeadModel.from_lm(sft).to(rt.device)
+        # LoRA: an adapter on the SFT body, the scalar head trained whole (peft's modules_to_save)
+        model = trainee(model, conf.lora, "reward", conf.runtime.gradient_checkpointing)
         best = train_reward_model(model, train, val, cfg, tok.pad_id, tr.log_metrics, runtime=rt)
         ctx.sync_peak_memory()
         if not ctx.is_main:
@@ -121,10 +125,12 @@ def run(params: dict) -> dict:
         plot_calibration(table, path("plots/rm_calibration.png"))
         tr.log_metrics({f"rm/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, best["steps"])
         tr.log_artifact(path("plots/rm_calibration.png"))
-        save_model(
+        save_stage_model(
             path("models/reward_model"),
             model,
             path("models/sft/tokenizer.json"),
+            path("models/sft"),
+            "models/sft",
             stage="reward_model",
             reward_mean=metrics["reward_mean"],
             reward_std=metrics["reward_std"],

@@ -30,7 +30,10 @@ from rlhf.ppo_trainer import learn, make_state
 from tests import ddp_worker
 
 ROOT = Path(__file__).resolve().parent.parent
-ATOL = 1e-5
+# float32 after a few optimizer steps, summed in another order by the all-reduce than by one process: 1.06e-5
+# relative was measured on one DPO parameter (AMD EPYC), so 1e-5 was a coin toss; 5e-5 is still far below
+# any real difference of the maths (a wrong scale or a missed shard moves values by percents).
+ATOL = 5e-5
 PPO_KL = 0.05  # PPOConfig's initial β, in the loop scenario
 
 
@@ -156,7 +159,7 @@ def _sft_root(root: Path, nproc: int) -> Path:
     params = {
         "sft": {**sft, "seed": 0, "heldout_frac": 0.2, "eval_prompts": 0, "eval_temperature": 0.7, "max_new_tokens": 8},
         "runtime": {"device": "auto", "precision": "auto", "nproc_per_node": nproc},
-        "judge": {"gold": "none"},
+        "judge": {"gold": "none", "content": "none"},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root

@@ -29,7 +29,7 @@ SOURCES = [
 # Toy sizes for every section (keys absent from params.yaml are left alone): the whole pipeline in about a minute.
 TINY: dict[str, dict[str, Any]] = {
     "world": {"corpus_chars": 30000, "n_demos": 200, "n_pref_prompts": 40, "n_ppo_prompts": 32, "n_eval_prompts": 16},
-    "tokenizer": {"vocab_size": 400},
+    "tokenizer": {"vocab_size": 512},  # at 400 one chatty demo takes 130 tokens > the context
     "model": {"n_layer": 1, "n_head": 2, "n_embd": 32},
     "pretrain": {"steps": 60, "batch_size": 8, "warmup_steps": 2, "eval_every": 30, "checkpoint_every": 0},
     "sft": {
@@ -161,14 +161,15 @@ def test_tiny_params_name_existing_keys() -> None:
 
 def test_the_dpo_stage_lists_what_it_reads_and_runs() -> None:
     """Its deps are the core modules it imports (no more: a change elsewhere must not retrain it), its task file,
-    SFT, the pairs and their gate; its params are its section and the reward model's held-out share."""
+    SFT, the pairs and their gate; its params are its section, the adapters (model.lora) and the reward model's
+    held-out share."""
     stage = DVC_YAML["dpo"]
     code = {d for d in stage["deps"] if d.startswith(("rlhf/", "tasks/"))}
     imported = core_imports("tasks.dpo")
     assert imported <= code and code - imported == {"tasks/dpo.py"}
     data = set(stage["deps"]) - code
     assert data == {"models/sft", "data/preferences/pairs.parquet", "reports/validation/preferences.json"}
-    assert stage["params"] == ["dpo", "reward_model.val_frac", "runtime"]
+    assert stage["params"] == ["dpo", "model.lora", "reward_model.val_frac", "runtime"]
     assert stage["outs"] == ["models/dpo", {"metrics/dpo.json": {"cache": False}}]
     compare = DVC_YAML["compare_methods"]
     assert {"models/dpo", "models/ppo", "metrics/dpo.json", "metrics/eval.json"} <= set(compare["deps"])

@@ -1,5 +1,6 @@
 """Model and generation equivalences: KV cache vs recompute, padded vs alone, seeded sampling."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -185,3 +186,16 @@ def test_rotary_attention_scores_depend_only_on_the_offset(m, n, shift, seed):
 
     assert torch.allclose(score(m, n), score(m + shift, n + shift), atol=1e-5)  # float32 tables
     assert torch.allclose(rotate(q, rope_tables(torch.tensor([[m]]), 32)).norm(), q.norm(), atol=1e-5)  # float32 tables
+
+
+def test_a_checkpoint_with_learned_positions_is_refused_by_name(tiny_cfg, tmp_path):
+    from safetensors.torch import save_file
+
+    from rlhf.checkpoint import load_model, save_model
+
+    save_model(tmp_path / "old", GPT(tiny_cfg))
+    state = {k: v.contiguous() for k, v in GPT(tiny_cfg).state_dict().items()}
+    state["transformer.wpe.weight"] = torch.zeros(tiny_cfg.block_size, tiny_cfg.n_embd)
+    save_file(state, str(tmp_path / "old" / "model.safetensors"))
+    with pytest.raises(ValueError, match="learned position embeddings"):
+        load_model(tmp_path / "old")

@@ -4,6 +4,7 @@ stage's command line reports a user's error (bad params, bad data) as one line o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import sys
 import typing
@@ -22,6 +23,7 @@ SECTIONS = {
     "data": ("tasks.prepare", "DataParams"),
     "tokenizer": ("tasks.tokenizer", "TokenizerParams"),
     "model": ("rlhf.model", "GPTConfig"),
+    "model.lora": ("rlhf.lora", "LoRAConfig"),
     "runtime": ("tasks.common", "RuntimeParams"),
     "pretrain": ("rlhf.lm_train", "TrainConfig"),
     "sft": ("tasks.sft", "SFTParams"),
@@ -84,7 +86,8 @@ def test_no_config_default_disagrees_with_params_yaml():
     """A value params.yaml holds is either required (no default) or defaulted to the very same value, so code
     that builds a config without params.yaml (a test, a notebook) gets what the pipeline runs with."""
     params = yaml.safe_load(PARAMS_YAML.read_text())
-    assert [d for name in SECTIONS for d in _disagreements(_cls(name), params[name], name)] == []
+    sections = {name: functools.reduce(lambda node, key: node[key], name.split("."), params) for name in SECTIONS}
+    assert [d for name in SECTIONS for d in _disagreements(_cls(name), sections[name], name)] == []
 
 
 def test_the_served_actor_samples_as_the_pipeline_evaluates():

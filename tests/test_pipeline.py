@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from rlhf.world.families import FAMILIES
 from tests.conftest import working_root
 
 FIXTURE = Path(__file__).parent / "fixtures" / "params_tiny.yaml"
@@ -59,6 +60,10 @@ def test_stages_run_in_order(root):
     pretrain.run(params)
     m_sft = sft.run(params)
     assert {"gold_score_base", "gold_score_sft", "val_loss"} <= set(m_sft)
+    assert {"content_correct_base", "content_correct_sft"} <= set(m_sft)
+    assert m_sft["content"]["sft"]["n"] == params["sft"]["eval_prompts"] and set(
+        m_sft["content"]["sft"]["by_group"]
+    ) <= set(FAMILIES)
     m_pref = preferences.run(params)
     m_merged = merge_feedback.run(params)
     pairs = pd.read_parquet(root / "data/preferences/pairs.parquet")
@@ -79,6 +84,11 @@ def test_stages_run_in_order(root):
         assert set(ev[judge]) == {"win_rate", "ci_low", "ci_high", "n"}
         assert 0.0 <= ev[judge]["ci_low"] <= ev[judge]["win_rate"] <= ev[judge]["ci_high"] <= 1.0
     assert set(ev["length"]) == {"candidate", "baseline"}
+    for side in ("candidate", "baseline"):  # content: shares of right and on-topic answers, per family
+        c = ev["content"][side]
+        assert c["n"] == ev["gold"]["n"] and 0.0 <= c["correct"] <= c["on_topic"] <= 1.0
+        assert sum(g["n"] for g in c["by_group"].values()) == c["n"]
+    assert "## Content" in (root / "reports/eval/report.md").read_text()
     # KL at temperature 1 (what PPO's penalty controls) and, beside it, between the tempered policies
     assert ev["kl"] >= -0.5 and "kl_eval_temperature" in ev and ev["kl"] != ev["kl_eval_temperature"]
     assert {"reward_mean", "reward_std"} <= set(m_ppo)

@@ -228,6 +228,7 @@ def test_resume_is_refused_when_the_reward_or_the_sft_model_changed(tok, tmp_pat
     """A checkpoint resumes only the run it came from: another reward spec or another SFT checkpoint under the
     same PPO config is refused, naming what changed and the directory to delete."""
     from rlhf.checkpoint import ResumeRefused
+    from rlhf.lora import LoRAConfig
     from tasks.ppo import ppo_inputs
 
     root = tmp_path / "root"
@@ -242,14 +243,16 @@ def test_resume_is_refused_when_the_reward_or_the_sft_model_changed(tok, tmp_pat
         (root / rel).write_text(text)
     params = {"ppo": {"reward": "reward_model", "critic_init": "reward_model"}, "judge": {"gold": "none"}}
 
-    def run(p, stop_at=None):
+    def run(p, stop_at=None, lora=None):
         torch.manual_seed(0)
         gcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32)
         actor = GPT(gcfg)
         state = make_state(actor, ScalarHeadModel.from_lm(actor, head_std=0.0), CFG)
         ckpt = tmp_path / "state" / "checkpoint"
         log = lambda m, s: None  # noqa: E731
-        opts = RunOptions(ckpt, 2, stop_at=stop_at, inputs=ppo_inputs(p), start_over=tmp_path / "state")
+        opts = RunOptions(
+            ckpt, 2, stop_at=stop_at, inputs=ppo_inputs(p, lora or LoRAConfig()), start_over=tmp_path / "state"
+        )
         return train_ppo(state, copy.deepcopy(actor).eval(), _score_fn(tok), tok, PROMPTS, CFG, log, opts)
 
     run(params, stop_at=2)
@@ -257,8 +260,18 @@ def test_resume_is_refused_when_the_reward_or_the_sft_model_changed(tok, tmp_pat
     with pytest.raises(ResumeRefused, match=r"params\.ppo\.reward: \"reward_model\" -> \"mypackage") as e:
         run(other_reward)
     assert f"rm -rf {tmp_path / 'state'}" in str(e.value)
+    with pytest.raises(ResumeRefused, match=r"model\.lora"):  # adapters now: another set of trained tensors
+        run(params, lora=LoRAConfig(r=4))
     (root / "models/sft/model.safetensors").write_text("another sft model")
     with pytest.raises(ResumeRefused, match=r"sha256\.models/sft/model\.safetensors"):
         run(params)
     (root / "models/sft/model.safetensors").write_text("sft weights")
     assert len(run(params)) == CFG.iterations  # the very inputs it started from: resumed to the end
+
+
+def test_snapshots_are_early_and_dense_then_regular():
+    from rlhf.ppo_run import snapshot_due
+
+    assert [i for i in range(1, 41) if snapshot_due(i, 16, 40)] == [1, 2, 4, 8, 16, 32, 40]
+    assert [i for i in range(1, 13) if snapshot_due(i, 5, 12)] == [1, 2, 4, 5, 10, 12]
+    assert not any(snapshot_due(i, 0, 40) for i in range(41))
