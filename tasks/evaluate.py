@@ -27,8 +27,9 @@ from rlhf.tokenizer import ChatTokenizer
 from tasks.common import Params, RuntimeParams, path
 from tasks.judge import ContentFn, content_judge, gold_judge
 from tasks.plots import plot_overoptimization, write_csv
-from tasks.report import write_report
+from tasks.report import PLOTS, write_report
 from tasks.stage import Context, entry, lifecycle
+from tasks.tracking import log_report_bundle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,7 +191,8 @@ def evaluate(conf: Config, ctx: Context, candidate: str | None, baseline: str | 
     write_report(out_dir / "report.md", metrics, results, side_by_side, curve, cand_dir, base_dir)
     prefix = "eval" if default_run else f"eval/{Path(out_dir).name}"
     tr.log_metrics(_flat(prefix, metrics), 0)
-    tr.log_artifact(out_dir / "report.md", None if default_run else Path(out_dir).name)
+    # the report with its plots, links resolving inside the artifact view (and an HTML copy MLflow renders)
+    log_report_bundle(tr, out_dir, [path(p) for _, p in PLOTS], "report" if default_run else Path(out_dir).name)
     write_json(path("metrics/eval.json") if default_run else out_dir / "eval.json", metrics)
     return metrics
 
