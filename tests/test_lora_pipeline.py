@@ -30,14 +30,14 @@ def lora_params() -> str:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root, mp = working_root(tmp_path_factory, "lora_pipeline", lora_params())
-    from tasks import dpo, ppo, preferences, prepare, pretrain, reward_model, sft, tokenizer, world
+    from tasks import dpo, merge_feedback, ppo, preferences, prepare, pretrain, reward_model, sft, tokenizer, world
     from tasks.common import Params, load_params
 
     params = load_params()
     world.run(Params(params).section("world", world.WorldConfig))
     prepare.run(Params(params).section("data", prepare.DataParams))
     tokenizer.run(Params(params).section("tokenizer", tokenizer.TokenizerParams))
-    for stage in (pretrain, sft, preferences, reward_model, dpo, ppo):
+    for stage in (pretrain, sft, preferences, merge_feedback, reward_model, dpo, ppo):
         stage.run(params)
     yield root
     mp.undo()
