@@ -2,7 +2,7 @@
 
     python bench/sft_diagnostics.py [--samples reports/sft_samples.jsonl]
 
-Reads the samples the sft stage saved (base and SFT answers to the evaluation prompts, held-out entities) and
+Reads the samples the sft stage saved (base and SFT answers to the evaluation prompts, held-out phrasings) and
 breaks the gold judge's verdict into its rubric terms (rlhf.world.judge.explain). World-specific by design.
 """
 

@@ -2,7 +2,7 @@
 
 It supplies every data source the RLHF pipeline needs, built from knowledge tables by a seed: a base corpus
 that teaches facts and the parrot habit, SFT demonstrations by labelers of uneven care, prompt sets for
-preference collection, PPO and evaluation (held-out entities), a gold judge and a simulated labeler. Nothing
+preference collection, PPO and evaluation (held-out question phrasings), a gold judge and a simulated labeler. Nothing
 outside this package knows about it; the rest of the pipeline sees only files of text and records.
 """
 

@@ -62,7 +62,7 @@ class WorldConfig:
     n_ppo_prompts: int = 512
     """prompts for PPO rollouts (train entities, distinct strings, disjoint from the preference prompts)"""
     n_eval_prompts: int = 200
-    """evaluation prompts (held-out entities only, distinct strings)"""
+    """evaluation prompts (held-out phrasings only, distinct strings)"""
     heldout_frac: float = 0.25
     """fraction of each family's question phrasings held out for evaluation (at least one per operator)"""
     entities_per_family: int = 24

@@ -1,8 +1,8 @@
 """The base corpus: text that reads as if scraped from the web, stating facts about every entity of the world.
 
-It is the only place a model can learn facts about held-out entities, so the first documents state every
-fact of every family at least once (in its canonical phrasing); random documents fill the rest of the size
-budget.
+It states the facts of every entity the world uses, so the first documents state every fact of every family at
+least once (in its canonical phrasing); random documents fill the rest of the size budget, each fact many times in
+varied phrasings, and ask questions in every phrasing, the held-out ones included.
 
 Crucially, much of it is quizzes and question lists: a question of exactly the kind users ask, followed by
 options "A) .. B) .. C) .. D) .." or by more questions. A model pretrained on it continues a question as a
