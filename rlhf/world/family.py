@@ -137,23 +137,25 @@ class Family:
                     out.append(template.format(**fill))
         return out
 
-    def parse(self, prompt: str) -> Task | None:
-        """The task a prompt asks, or None if no template matches or the entity is unknown."""
-        for pattern, const in self._patterns:
+    def _match(self, prompt: str) -> tuple[int, Task] | None:
+        """(index into `specs()`, task) of the first template that phrases `prompt` about a known entity."""
+        for i, (pattern, const) in enumerate(self._patterns):
             m = pattern.match(prompt)
             if m:
                 task = self.task({**m.groupdict(), **const})
                 if task is not None:
-                    return task
+                    return i, task
         return None
+
+    def parse(self, prompt: str) -> Task | None:
+        """The task a prompt asks, or None if no template matches or the entity is unknown."""
+        hit = self._match(prompt)
+        return hit[1] if hit else None
 
     def phrasing(self, prompt: str) -> int | None:
         """The index into `specs()` of the template that phrases `prompt`, or None."""
-        for i, (pattern, const) in enumerate(self._patterns):
-            m = pattern.match(prompt)
-            if m and self.task({**m.groupdict(), **const}) is not None:
-                return i
-        return None
+        hit = self._match(prompt)
+        return hit[0] if hit else None
 
     def short(self, task: Task, value: str) -> str:
         """A terse answer: the bare value."""
