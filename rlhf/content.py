@@ -61,10 +61,3 @@ def content_summary(rows: list[dict[str, Any] | None]) -> dict[str, Any]:
         **_shares(judged),
         "by_group": {g: _shares([r for r in judged if r["group"] == g]) for g in groups},
     }
-
-
-def share_over(summary: dict[str, Any], groups: list[str] | None = None) -> float | None:
-    """The correct share over the answers of `groups` only (all groups when None), weighted by their n."""
-    picked = [s for g, s in summary["by_group"].items() if groups is None or g in groups]
-    n = sum(s["n"] for s in picked)
-    return sum(s["correct"] * s["n"] for s in picked) / n if n else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf.content import check_verdicts, content_summary, share_over
+from rlhf.content import check_verdicts, content_summary
 
 
 def row(group: str, correct: bool, on_topic: bool = True) -> dict:
@@ -19,9 +19,6 @@ def test_summary_counts_shares_overall_and_per_group_leaving_out_unjudged_pairs(
         "a": {"correct": 0.5, "on_topic": 0.5, "n": 2},
         "b": {"correct": pytest.approx(2 / 3), "on_topic": 1.0, "n": 3},
     }
-    assert share_over(s, ["b"]) == pytest.approx(2 / 3)
-    assert share_over(s) == pytest.approx(s["correct"])  # weighted by n, the overall share again
-    assert share_over(s, ["missing"]) is None
 
 
 def test_summary_of_nothing_judged_has_no_shares() -> None:
