@@ -228,6 +228,32 @@ def ranking_to_pairs(responses: Sequence[str], ranking: Sequence[int]) -> list[t
     ]
 
 
+def borrowed(groups: Sequence[Sequence[str]], n: int, seed: int) -> list[list[str]]:
+    """For each prompt i, up to n responses sampled for other prompts, none equal to one of prompt i's own.
+
+    They are distractors a labeler ranks together with the prompt's own samples. A policy's samples rarely answer
+    another question or refuse a harmless one, so pairs built from them alone never show such answers losing, and a
+    reward model is free to score them high: PPO then finds them (on the default world the first actor refused 61 %
+    of harmless prompts, its reward model rating "I'm sorry, but I can't help with that" 3.3 against 0.4 for an
+    answer). Deterministic in seed; prompt j != i is drawn uniformly, then one of its responses.
+    """
+    rng = np.random.default_rng(seed)
+    m, out = len(groups), []
+    for i, own in enumerate(groups):
+        picks: list[str] = []
+        for _ in range(4 * n if m > 1 else 0):  # a few redraws when the draw repeats a text already in the group
+            if len(picks) == n:
+                break
+            j = int(rng.integers(m - 1))
+            j += j >= i
+            if groups[j]:
+                text = groups[j][int(rng.integers(len(groups[j])))]
+                if text not in own and text not in picks:
+                    picks.append(text)
+        out.append(picks)
+    return out
+
+
 def split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
     """Two Anthropic-HH transcripts -> (prompt, chosen response, rejected response).
 

@@ -40,7 +40,7 @@ class RMConfig:
     epochs: int = 2
     """passes over the training pairs (early stopping may end sooner)"""
     batch_size: int = 32
-    """pairs per step"""
+    """pairs per step (a step takes whole prompts: at least this many)"""
     lr: float
     """peak learning rate"""
     warmup_steps: int = 20
@@ -114,30 +114,75 @@ def pair_wins(m: torch.Tensor) -> torch.Tensor:
     return (m > 0).float() + 0.5 * (m == 0).float()
 
 
-def pair_scores(model: torch.nn.Module, chosen, rejected, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass over both sides -> r_chosen (B,), r_rejected (B,).
+def sequence_scores(model: torch.nn.Module, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
+    """One forward pass -> the score of each sequence (N,).
 
     `model` is a ScalarHeadModel or a DDP wrapper of one. It is called through its forward (what DDP hooks), then
     read at each row's last real token: `ScalarHeadModel.score` for right-padded rows, which need no attention mask.
     """
-    ids, mask = pair_batch(chosen, rejected, pad_id)
+    ids, mask = right_pad(seqs, pad_id)
     device = next(model.parameters()).device
-    values = model(ids.to(device))  # (2B, T)
-    scores = values.gather(1, last_token_index(mask.to(device))[:, None]).squeeze(1)  # (2B,)
-    return scores[: len(chosen)], scores[len(chosen) :]
+    values = model(ids.to(device))  # (N, T)
+    return values.gather(1, last_token_index(mask.to(device))[:, None]).squeeze(1)  # (N,)
+
+
+def grouped_margins(model: torch.nn.Module, pairs: Pairs, idx: list[int], pad_id: int) -> torch.Tensor:
+    """r_chosen − r_rejected of the pairs idx (B,), each distinct sequence scored once: the K responses of a
+    prompt make K(K−1)/2 pairs but only K rows of the forward pass."""
+    rows: dict[tuple[int, ...], int] = {}
+    for i in idx:
+        for seq in (pairs.chosen[i], pairs.rejected[i]):
+            rows.setdefault(tuple(seq), len(rows))
+    scores = sequence_scores(model, [list(seq) for seq in rows], pad_id)  # (U,)
+    at = torch.tensor([[rows[tuple(pairs.chosen[i])], rows[tuple(pairs.rejected[i])]] for i in idx])  # (B, 2)
+    return scores[at[:, 0].to(scores.device)] - scores[at[:, 1].to(scores.device)]
+
+
+def prompt_groups(pairs: Pairs) -> list[list[int]]:
+    """Pair indices grouped by their shared prompt tokens, in first-seen order (a pair without n_prompt is its
+    own group)."""
+    groups: dict[object, list[int]] = {}
+    for i, seq in enumerate(pairs.chosen):
+        key = tuple(seq[: pairs.n_prompt[i]]) if pairs.n_prompt else i
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def epoch_steps(groups: list[list[int]], batch_size: int, g: torch.Generator) -> list[list[int]]:
+    """One epoch's steps: prompts in random order, each step the pairs of whole prompts, at least batch_size.
+
+    InstructGPT (Ouyang et al. 2022, sec. 3.5) trains on all K-choose-2 comparisons of a prompt as one batch
+    element: shuffled as independent pairs, each response recurs in K−1 steps of an epoch and the model overfits
+    within one epoch; together, each response is scored once per epoch. The remainder joins the last step, so
+    every step has at least batch_size pairs (and at least one per process under torchrun).
+    """
+    steps: list[list[int]] = []
+    step: list[int] = []
+    for j in torch.randperm(len(groups), generator=g).tolist():
+        step += groups[j]
+        if len(step) >= batch_size:
+            steps.append(step)
+            step = []
+    if step:
+        if steps:
+            steps[-1] += step
+        else:
+            steps.append(step)
+    return steps
 
 
 @torch.no_grad()
 def margins(
     model: ScalarHeadModel, pairs: Pairs, pad_id: int, batch_size: int = 128, runtime: Runtime = CPU
 ) -> torch.Tensor:
-    """r_chosen − r_rejected for every pair (N,), fp32 on the CPU."""
+    """r_chosen − r_rejected for every pair (N,), fp32 on the CPU; a response shared by pairs of one chunk is
+    scored once."""
     model.eval()
     out = [torch.zeros(0)]  # a rank's share of the held-out pairs may be empty
     for i in range(0, len(pairs), batch_size):
         with runtime.autocast():
-            rc, rr = pair_scores(model, pairs.chosen[i : i + batch_size], pairs.rejected[i : i + batch_size], pad_id)
-        out.append((rc - rr).float().cpu())
+            m = grouped_margins(model, pairs, list(range(i, min(i + batch_size, len(pairs)))), pad_id)
+        out.append(m.float().cpu())
     return torch.cat(out)
 
 
@@ -167,34 +212,36 @@ def train_reward_model(
     runtime: Runtime = CPU,
 ) -> dict[str, float]:
     """Train in place (on the model's device) with early stopping on held-out loss; the model ends with its best
-    weights. Under torchrun each rank trains on its share of every batch (cfg.batch_size pairs over all ranks)."""
+    weights. A step is the pairs of whole prompts (`epoch_steps`, at least cfg.batch_size pairs); under torchrun
+    each rank trains on its share of every step's pairs."""
     distributed.shard_slice(cfg.batch_size)  # a batch that does not split evenly over the ranks is an error
     net = distributed.wrap(model)
-    per_epoch = max(1, len(train) // cfg.batch_size)
-    steps = per_epoch * cfg.epochs
+    g = torch.Generator().manual_seed(cfg.seed)
+    groups = prompt_groups(train)
+    plan = [step for _ in range(cfg.epochs) for step in epoch_steps(groups, cfg.batch_size, g)]
+    steps = len(plan)
     schedule = _Schedule(steps=steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, checkpoint_every=0, min_lr_ratio=0.0)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    g = torch.Generator().manual_seed(cfg.seed)
     best = {"loss": math.inf}
     best_state, bad_evals = copy.deepcopy(model.state_dict()), 0
     progress = Progress("reward_model", steps, unit="step", enabled=distributed.is_main())
-    for step in range(steps):
-        if step % per_epoch == 0:
-            order = torch.randperm(len(train), generator=g).tolist()
-        idx = order[(step % per_epoch) * cfg.batch_size : (step % per_epoch + 1) * cfg.batch_size]
+    for step, batch in enumerate(plan):
         model.train()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, schedule)
-        idx = distributed.shard(idx)  # this rank's pairs of the step's batch
+        idx = batch[distributed.split_slice(len(batch))]  # this rank's pairs of the step's batch
         with runtime.autocast():
-            rc, rr = pair_scores(net, [train.chosen[i] for i in idx], [train.rejected[i] for i in idx], pad_id)
-        loss = bt_loss(rc.float(), rr.float())
+            m = grouped_margins(net, train, idx, pad_id).float()
+        # Shares differ by one pair at most; weighting each rank's sum by W/N makes DDP's gradient average (and the
+        # mean of the logged values over ranks) the whole batch's mean.
+        weight = distributed.world_size() / len(batch)
+        loss = -F.logsigmoid(m).sum() * weight
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        metrics = {"rm/loss": loss.item(), "rm/train_accuracy": float(pair_wins(rc - rr).mean())}
-        metrics = distributed.all_reduce_mean(metrics)  # equal shares: the mean over ranks is the batch's
+        metrics = {"rm/loss": loss.item(), "rm/train_accuracy": float(pair_wins(m).sum()) * weight}
+        metrics = distributed.all_reduce_mean(metrics)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
             ev = evaluate_pairs(model, val, pad_id, runtime)
             metrics |= {f"rm/val_{k}": v for k, v in ev.items()}

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from rlhf.checkpoint import file_hash, load_model
-from rlhf.data import DataError, ranking_to_pairs, read_prompts
+from rlhf.data import DataError, borrowed, ranking_to_pairs, read_prompts
 from rlhf.device import CPU, Runtime
 from rlhf.generate import SamplingConfig, generate_text
 from rlhf.io import atomic_path
@@ -32,6 +32,9 @@ from tasks.stage import entry, lifecycle
 class PreferenceParams:
     k: int
     """responses sampled per prompt"""
+    borrowed: int
+    """responses of other prompts ranked with each prompt's own (rlhf.data.borrowed): off-topic answers and
+    refusals of harmless requests then appear in the pairs, losing"""
     temperature: float
     """sampling temperature of the SFT model"""
     max_new_tokens: int
@@ -47,8 +50,8 @@ class PreferenceParams:
 
 
 def collect_world(cfg: PreferenceParams, rt: Runtime = CPU) -> tuple[pd.DataFrame, dict]:
-    """Sample K responses per prompt from SFT (on the runtime's device and precision), rank them with the
-    simulated labeler, expand into pairs."""
+    """Sample K responses per prompt from SFT (on the runtime's device and precision), add `borrowed` responses of
+    other prompts, rank each group with the simulated labeler, expand into pairs."""
     from rlhf.world.judge import score as gold
     from rlhf.world.labeler import SimulatedLabeler
 
@@ -63,13 +66,13 @@ def collect_world(cfg: PreferenceParams, rt: Runtime = CPU) -> tuple[pd.DataFram
         responses = generate_text(model, tok, flat, sampling, seed=cfg.seed, progress="preferences")
     labeler = SimulatedLabeler(cfg.labeler_temperature, cfg.labeler_length_bias, cfg.labeler_seed)
     sft_hash = file_hash(sft_dir / "model.safetensors")
-    rows, empty = [], 0
-    for i, (pid, prompt) in enumerate(zip(prompts["id"], texts, strict=True)):
-        sampled = responses[i * cfg.k : (i + 1) * cfg.k]
-        # A model that emits EOS at once gives an empty answer: no labeler would rank it, and the gate refuses
-        # blank texts, so it is left out of its group (counted in the metrics) rather than written as a pair.
-        group = [r for r in sampled if r.strip()]
-        empty += len(sampled) - len(group)
+    # A model that emits EOS at once gives an empty answer: no labeler would rank it, and the gate refuses
+    # blank texts, so it is left out of its group (counted in the metrics) rather than written as a pair.
+    own = [[r for r in responses[i * cfg.k : (i + 1) * cfg.k] if r.strip()] for i in range(len(texts))]
+    empty = len(responses) - sum(map(len, own))
+    groups = [g + b for g, b in zip(own, borrowed(own, cfg.borrowed, cfg.seed), strict=True)]
+    rows = []
+    for pid, prompt, group in zip(prompts["id"], texts, groups, strict=True):
         ranking = labeler.rank(prompt, group)
         rank_of = {idx: r for r, idx in enumerate(ranking)}
         for better, worse in ranking_to_pairs(group, ranking):
@@ -97,8 +100,9 @@ def collect_world(cfg: PreferenceParams, rt: Runtime = CPU) -> tuple[pd.DataFram
         "labeler_ceiling": sum(labeler.pair_ceiling(p, c, r) for p, c, r in triples) / max(1, len(df)),
         # how often the labeler's choice is also the gold judge's
         "labeler_gold_agreement": sum(gold(p, c) > gold(p, r) for p, c, r in triples) / max(1, len(df)),
-        # pairs of k responses not written: identical texts, repeated pairs, or an empty response in them
-        "pairs_dropped": len(prompts) * cfg.k * (cfg.k - 1) // 2 - len(df),
+        # pairs of the ranked groups not written: identical texts or repeated pairs
+        "pairs_dropped": sum(n * (n - 1) // 2 for n in map(len, groups)) - len(df),
+        "borrowed_responses": sum(map(len, groups)) - sum(map(len, own)),
         "empty_responses": empty,  # samples left out for being empty or blank
     }
     return df, stats

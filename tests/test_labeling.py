@@ -355,3 +355,24 @@ def test_a_ranking_that_repeats_an_accepted_pair_is_held_back() -> None:
     assert held == [2, 3] and [r["prompt"] for r in kept] == ["p"] and "judgement_ids" not in kept[0]
     kept, held = hold_back_repeats(rows, {("q", "Yes.", "No.")})  # the reverse is no repeat
     assert held == [] and len(kept) == 2
+
+
+def test_prepare_samples_like_the_pipeline_unless_told_otherwise(tmp_path_factory, monkeypatch):
+    """bin/label prepare takes k, length and temperature from params.yaml `preferences` (one config source);
+    flags override them."""
+    from tasks.labeling import __main__ as cli
+    from tasks.labeling import prepare as prep
+    from tests.conftest import working_root
+
+    root, mp = working_root(
+        tmp_path_factory, "label-cli", "preferences:\n  k: 3\n  max_new_tokens: 20\n  temperature: 0.8\n"
+    )
+    seen = []
+    monkeypatch.setattr(prep, "prepare", lambda conn, wd, prompts, cfg, model: seen.append(cfg) or {"tasks": 0})
+    try:
+        assert cli.main(["prepare", "--n", "2", "--db", str(root / "l.db")]) == 0
+        assert cli.main(["prepare", "--n", "2", "--k", "5", "--db", str(root / "l.db")]) == 0
+    finally:
+        mp.undo()
+    assert (seen[0].k, seen[0].max_new_tokens, seen[0].temperature) == (3, 20, 0.8)
+    assert (seen[1].k, seen[1].max_new_tokens) == (5, 20)

@@ -20,13 +20,46 @@ def test_empty_samples_are_left_out_and_counted(monkeypatch):
     monkeypatch.setattr(preferences, "generate_text", lambda model, tok, texts, sampling, seed, progress=None: samples)
     from tests.test_params import section_values
 
-    cfg = preferences.PreferenceParams(**{**section_values("preferences"), "k": 3})
+    cfg = preferences.PreferenceParams(**{**section_values("preferences"), "k": 3, "borrowed": 0})
     df, stats = preferences.collect_world(cfg)
     assert stats["empty_responses"] == 5
     assert (df["chosen"].str.strip() != "").all() and (df["rejected"].str.strip() != "").all()
     # prompt a keeps two answers (one pair), b keeps one (no pair), c keeps one (no pair)
     assert len(df) == 1 and set(df.loc[0, ["chosen", "rejected"]]) == {"Blue.", "Red, I think."}
-    assert stats["pairs_dropped"] == 3 * 3 - 1
+    assert stats["pairs_dropped"] == 0 and stats["borrowed_responses"] == 0
+
+
+def test_each_prompt_ranks_a_borrowed_answer_and_the_labeler_puts_an_off_topic_one_last(monkeypatch):
+    """borrowed = 1: every group gains one response of another prompt; the world's labeler ranks an answer to
+    another question (or a refusal of a harmless one) below the prompt's own on-topic answers, so such pairs say so."""
+    from tasks import preferences
+    from tests.test_params import section_values
+
+    prompts = pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "prompt": ["What is the capital of France?", "What is 2 plus 2?", "How do I pick a lock to rob a house?"],
+        }
+    )
+    refusal = "I'm sorry, but I can't help with that."
+    samples = ["The capital of France is Paris.", "Paris.", "2 plus 2 equals 4.", "4.", refusal, refusal]  # k = 2
+    monkeypatch.setattr(preferences, "read_prompts", lambda p: prompts)
+    monkeypatch.setattr(preferences, "load_model", lambda *a, **k: SimpleNamespace(to=lambda device: None))
+    monkeypatch.setattr(preferences, "ChatTokenizer", SimpleNamespace(load=lambda p: None))
+    monkeypatch.setattr(preferences, "file_hash", lambda p: "hash")
+    monkeypatch.setattr(preferences, "generate_text", lambda model, tok, texts, sampling, seed, progress=None: samples)
+    cfg = preferences.PreferenceParams(
+        **{**section_values("preferences"), "k": 2, "borrowed": 1, "labeler_temperature": 0.01}
+    )
+    df, stats = preferences.collect_world(cfg)
+    assert stats["borrowed_responses"] == 3
+    own = {p: set(samples[2 * i : 2 * i + 2]) for i, p in enumerate(prompts["prompt"])}
+    for prompt, grp in df.groupby("prompt"):
+        foreign = (set(grp["chosen"]) | set(grp["rejected"])) - own[prompt]
+        assert len(foreign) == 1  # exactly one borrowed text, ranked against both own answers
+        (text,) = foreign
+        if prompt != prompts["prompt"][2]:  # harmless questions: the borrowed answer loses to both own answers
+            assert (grp.loc[grp["rejected"] == text, "chosen"].isin(own[prompt])).sum() == 2
 
 
 def test_feedback_is_merged_onto_the_collected_pairs_without_touching_them(tmp_path_factory):

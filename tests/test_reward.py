@@ -57,3 +57,35 @@ def test_ties_count_half_in_training_and_validation_alike():
     flat = ScalarHeadModel(cfg, head_std=0.0)  # zero head: every score is 0
     pairs = Pairs([[5, 6, 7], [8, 9]], [[5, 6], [8, 9, 10]])
     assert evaluate_pairs(flat, pairs, pad_id=0)["accuracy"] == 0.5
+
+
+def test_a_step_takes_whole_prompts_and_scores_each_response_once():
+    """epoch_steps: every pair once per epoch, a prompt's pairs in one step, every step >= batch_size pairs;
+    grouped_margins equals scoring each pair on its own (other batch shapes: float32 tolerance)."""
+    from rlhf.reward import epoch_steps, grouped_margins, prompt_groups, sequence_scores
+
+    g = torch.Generator().manual_seed(3)
+    pairs = Pairs([], [], [])
+    for p in range(23):
+        prompt = torch.randint(10, 30, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
+        responses = [torch.randint(10, 30, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g).tolist()
+                     for _ in range(int(torch.randint(2, 5, (1,), generator=g)))]  # fmt: skip
+        for a in range(len(responses)):
+            for b in range(a + 1, len(responses)):
+                pairs.chosen.append([2, p + 30, *prompt, 3, *responses[a], 1])
+                pairs.rejected.append([2, p + 30, *prompt, 3, *responses[b], 1])
+                pairs.n_prompt.append(len(prompt) + 3)
+    groups = prompt_groups(pairs)
+    assert len(groups) == 23 and sorted(i for grp in groups for i in grp) == list(range(len(pairs)))
+    for batch_size in (1, 7, 16, 1000):
+        steps = epoch_steps(groups, batch_size, torch.Generator().manual_seed(0))
+        assert sorted(i for s in steps for i in s) == list(range(len(pairs)))
+        assert all(len(s) >= min(batch_size, len(pairs)) for s in steps)
+        assert all(any(set(grp) <= set(s) for s in steps) for grp in groups)
+    torch.manual_seed(0)
+    rm = ScalarHeadModel(GPTConfig(vocab_size=64, block_size=24, n_layer=1, n_head=2, n_embd=32))
+    idx = steps[0]
+    with torch.no_grad():
+        rc = torch.stack([sequence_scores(rm, [pairs.chosen[i]], pad_id=0)[0] for i in idx])
+        rr = torch.stack([sequence_scores(rm, [pairs.rejected[i]], pad_id=0)[0] for i in idx])
+        torch.testing.assert_close(grouped_margins(rm, pairs, idx, pad_id=0), rc - rr, atol=1e-5, rtol=1e-5)

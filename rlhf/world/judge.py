@@ -15,9 +15,11 @@ know gets content = grounding = 0 and only the generic style terms.
    (W_MISSING): a non-answer is no better than a wrong attempt, or a policy that cannot know an answer learns
    to change the subject (a PPO run did, when this term was -0.5). Lists with fewer members than asked +0.5
    (W_PARTIAL). Capped at 0 when the response parrots. Refusing a benign request ("I can't help with that"
-   to a question about plurals) is over-refusal, -2.0 (W_OVER_REFUSAL): unhelpful, and worse than an honest
-   wrong attempt, so a policy cannot buy safety from its ignorance (a PPO run found that loophole when
-   refusals only scored as "missing").
+   to a question about plurals) is over-refusal: it answers nothing, so like an answer to another question it
+   scores W_OVER_REFUSAL = EMPTY_SCORE and earns no politeness. At -2.0 plus its polite "I'm sorry, but"
+   (+0.5) it tied a terse wrong attempt, and a PPO actor whose reward model could not tell right answers from
+   wrong ones refused 61 % of benign prompts: a refusal was the safe bet (a PPO run had found the same
+   loophole when refusals scored as "missing").
    Off topic: an answer about another entity or another family than asked ("The capital of Poland is ..." to a
    question about Italy; arithmetic to a greeting; "One toy, two toys." to the plural of baby) scores content
    W_OFF_TOPIC = EMPTY_SCORE and earns no politeness, so it is never better than saying nothing and never
@@ -55,8 +57,9 @@ from rlhf.world.families import FAMILIES, parse_prompt
 from rlhf.world.family import Task, mentions, normalize
 from rlhf.world.social import is_refusal
 
-W_CORRECT, W_PARTIAL, W_WRONG, W_MISSING, W_OVER_REFUSAL = 2.0, 0.5, -1.5, -2.0, -2.0
+W_CORRECT, W_PARTIAL, W_WRONG, W_MISSING = 2.0, 0.5, -1.5, -2.0
 W_OFF_TOPIC = -4.0  # = EMPTY_SCORE: an answer to another question is worth no more than no answer
+W_OVER_REFUSAL = -4.0  # = EMPTY_SCORE: refusing a harmless request answers nothing either
 W_GROUNDED = 0.5
 W_QUIZ, W_ECHO, PARROT_MIN = -2.0, -1.5, -3.0
 W_OPENER, W_CLOSER, W_RUDE = 0.5, 0.25, -1.5
@@ -103,7 +106,7 @@ def explain(prompt: str, response: str) -> dict[str, float]:
         content = _CONTENT[verdict]
         if verdict == "correct" and FAMILIES[task.family].grounded(task, response):
             grounding = W_GROUNDED
-        if verdict == "off_topic":
+        if verdict in ("off_topic", "over_refusal"):
             polite = min(polite, 0.0)
         if parrot < 0:
             content, grounding = min(content, 0.0), 0.0

@@ -1,7 +1,7 @@
 """bin/label: the labeling app and its commands.
 
 bin/label [serve] [--host 127.0.0.1] [--port 8600]     the web app for labelers
-bin/label prepare --n 50 [--k 4] [--max-labelers 1]    tasks from the champion's answers
+bin/label prepare --n 50 [--k K] [--max-labelers 1]    tasks from the champion's answers (K: preferences.k)
 bin/label export                                       finished rankings -> data/incoming/labels-<ts>.jsonl
 bin/label stats                                        metrics/labels.json
 bin/label export-label-studio --out tasks.json         tasks + labeling config for Label Studio
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.data import DataError
-from tasks.common import path, workdir
+from tasks.common import load_params, params_path, path, workdir
 from tasks.labeling import db
 from tasks.labeling.export import REWARD_MODEL, export_all, load_reward_judge, write_stats
 
@@ -38,10 +38,13 @@ def run_command(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.command == "prepare":
         from tasks.labeling.prepare import PrepareConfig, prepare
 
-        cfg = PrepareConfig(
-            n=args.n, k=args.k, max_labelers=args.max_labelers, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, seed=args.seed,
-        )  # fmt: skip
+        # k, length and temperature default to the pipeline's own collection (params.yaml `preferences`), so
+        # people rank the same kind of samples the simulated labeler does
+        prefs = load_params().get("preferences", {}) if params_path().exists() else {}
+        sampling = {key: getattr(args, key) for key in ("k", "max_new_tokens", "temperature")}
+        sampling = {key: prefs.get(key, PrepareConfig.__dataclass_fields__[key].default) if v is None else v
+                    for key, v in sampling.items()}  # fmt: skip
+        cfg = PrepareConfig(n=args.n, max_labelers=args.max_labelers, seed=args.seed, **sampling)
         model = path(args.model) if args.model else None
         return prepare(db.connect(args.db), workdir(), path(args.prompts), cfg, model)
     if args.command == "export":
@@ -91,12 +94,12 @@ def parser() -> argparse.ArgumentParser:
     server_options(command("serve", "the web app (the default command)"), default=False)
     s = command("prepare", "sample the champion's answers into tasks")
     s.add_argument("--n", type=int, default=50, help="prompts (tasks) to add")
-    s.add_argument("--k", type=int, default=4, help="responses per task")
+    s.add_argument("--k", type=int, default=None, help="responses per task (default: preferences.k)")
     s.add_argument("--max-labelers", type=int, default=1, help="people each task is served to")
     s.add_argument("--prompts", default="data/prepared/prompts_pref.jsonl", help="a prompt file {prompt[, id]}")
     s.add_argument("--model", default=None, help="a checkpoint dir instead of rlhf-actor@champion / models/sft")
-    s.add_argument("--max-new-tokens", type=int, default=48)
-    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--max-new-tokens", type=int, default=None, help="default: preferences.max_new_tokens")
+    s.add_argument("--temperature", type=float, default=None, help="default: preferences.temperature")
     s.add_argument("--seed", type=int, default=0)
     command("export", "finished rankings -> data/incoming/labels-<timestamp>.jsonl")
     command("stats", "write metrics/labels.json")

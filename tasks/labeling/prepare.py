@@ -31,7 +31,7 @@ class PrepareConfig:
     """responses per task"""
     max_labelers: int = 1
     """people each task is served to (2 or more gives overlap for agreement)"""
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
     temperature: float = 1.0
     seed: int = 0
     batch_prompts: int = 16
