@@ -61,7 +61,7 @@ def ddp(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> tuple[dict[str, torch.Tensor], dict]:
     out = tmp_path_factory.mktemp("single")
-    ddp_worker.run_all(out, ["sft", "rm", "dpo", "ppo"])
+    ddp_worker.run_all(out, ["sft", "rm", "dpo", "ppo", "sft_lora", "dpo_lora", "ppo_lora"])
     return _results(out, 0)
 
 
@@ -109,6 +109,44 @@ def test_ppo_learn_matches_one_process(ddp, single):
         assert got[k] == pytest.approx(v, rel=ATOL, abs=ATOL), k
 
 
+def _assert_adapters_moved(got: dict, want: dict) -> None:
+    """Equal parameters mean something only if training changed them: every adapter tensor moved, in both runs."""
+    assert got["moved"] > 1e-4 and want["moved"] > 1e-4, (got["moved"], want["moved"])
+
+
+def test_sft_with_lora_matches_one_process(ddp, single):
+    """DDP around a peft model (frozen base, adapters trained) with gradient checkpointing: the step of one process."""
+    _assert_params_close(ddp, single, "sft_lora.")
+    got, want = _results(ddp, 0)[1]["sft_lora"], single[1]["sft_lora"]
+    _assert_logs_close(got["logged"], want["logged"])
+    _assert_adapters_moved(got, want)
+
+
+def test_dpo_with_lora_matches_one_process(ddp, single):
+    """DPO with the reference as the policy's adapter off (read before DDP wraps the policy)."""
+    _assert_params_close(ddp, single, "dpo_lora.")
+    got, want = _results(ddp, 0)[1]["dpo_lora"], single[1]["dpo_lora"]
+    _assert_logs_close(got["logged"], want["logged"])
+    assert got["best"] == pytest.approx(want["best"], rel=ATOL)
+    assert got["logged"][0][1]["dpo/loss"] != pytest.approx(math.log(2))  # the adapter on: policy ≠ reference
+    _assert_adapters_moved(got, want)
+
+
+def test_ppo_learn_with_lora_matches_one_process(ddp, single):
+    """PPO's learning step with the actor's and the critic's adapters under DDP equals one process's; and after
+    it, on both ranks, the reference (actor's adapter off) and the reward (critic's adapter off) are still the
+    untouched SFT and reward models: DDP's hooks and the adapters' switching left the frozen bodies alone."""
+    _assert_params_close(ddp, single, "ppo_lora.")
+    got, want = _results(ddp, 0)[1]["ppo_lora"], single[1]["ppo_lora"]
+    for k, v in want["stats"].items():
+        assert got["stats"][k] == pytest.approx(v, rel=ATOL, abs=ATOL), k
+    _assert_adapters_moved(got, want)
+    assert any(".lora_A." in k for k in _results(ddp, 0)[0] if k.startswith("ppo_lora.critic."))
+    for rank in (0, 1):
+        report = _results(ddp, rank)[1]["ppo_lora"]
+        assert report["ref_diff"] < 1e-6 and report["reward_diff"] < 1e-6, report
+
+
 def test_statistics_are_global(ddp):
     for rank in (0, 1):
         checks = _results(ddp, rank)[1]["stats"]
@@ -125,15 +163,22 @@ def test_ranks_agree_and_only_rank0_writes(ddp):
     assert t0.keys() == t1.keys() and all(
         torch.equal(t0[k], t1[k]) for k in t0
     )  # DDP: both ranks apply one all-reduced gradient on this machine
-    h0, h1 = ([_untimed(h) for h in r["ppo_loop"]["history"]] for r in (r0, r1))
-    assert h0 == h1 and len(h0) == 2  # metrics reduced over ranks: the same on every rank (timings are each its own)
-    assert r0["ppo_loop"]["kl_coef"] == r1["ppo_loop"]["kl_coef"] != PPO_KL  # the controller saw the global KL
+    for loop in ("ppo_loop", "ppo_loop_lora"):
+        h0, h1 = ([_untimed(h) for h in r[loop]["history"]] for r in (r0, r1))
+        assert h0 == h1 and len(h0) == 2  # metrics reduced over ranks: the same on every rank (timings: each its own)
+        assert r0[loop]["kl_coef"] == r1[loop]["kl_coef"] != PPO_KL  # the controller saw the global KL
+        assert len(r0[loop]["logged"]) == 2
     assert all(r1[name].get("logged") in (None, []) for name in r1)
-    assert len(r0["ppo_loop"]["logged"]) == 2 and len(r0["sft"]["logged"]) == 2
+    assert len(r0["sft"]["logged"]) == 2
     run0, run1 = ddp / "run0", ddp / "run1"
     assert not run1.exists() or not any(run1.rglob("*")), f"rank 1 wrote {sorted(run1.rglob('*'))}"
     assert (run0 / "sft/sft_state/state.json").exists() and (run0 / "ppo_loop/checkpoint/state.json").exists()
     assert sorted(p.name for p in (run0 / "ppo_loop/snapshots").iterdir()) == ["0", "1", "2"]
+    # LoRA: the training state holds the peft model; a snapshot is the merged actor, a plain checkpoint
+    state = json.loads((run0 / "ppo_loop_lora/checkpoint/actor/config.json").read_text())
+    assert state["arch"] == "lora-training-state"
+    merged = load_file(str(run0 / "ppo_loop_lora/snapshots/2/model.safetensors"))
+    assert merged and not any("lora_" in k for k in merged)
 
 
 # --- the stage's own command ------------------------------------------------------------------------------
