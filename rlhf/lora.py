@@ -123,11 +123,12 @@ def has_scalar_head(model: nn.Module) -> bool:
     return isinstance(getattr(model, "head", None), nn.Module)
 
 
-def apply_lora(model: nn.Module, cfg: LoRAConfig, name: str = "default") -> nn.Module:
+def apply_lora(model: nn.Module, cfg: LoRAConfig, name: str = "default", seed: int = 0) -> nn.Module:
     """`model` with a fresh LoRA adapter `name`; its base weights frozen (in place: no copy).
 
     A scalar-head model (reward model, critic) also trains its head, as peft's `modules_to_save`: a trainable
-    copy, the original head kept for reads with the adapter off. At init B = 0, so the output equals the base's."""
+    copy, the original head kept for reads with the adapter off. At init B = 0, so the output equals the base's;
+    A is drawn from `seed` alone."""
     from peft import LoraConfig, get_peft_model
 
     if not cfg.enabled:
@@ -146,7 +147,13 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, name: str = "default") -> nn.M
         bias="none",
     )
     model.requires_grad_(False)
-    return get_peft_model(model, peft_cfg, adapter_name=name)
+    # peft draws A from torch's global CPU generator (it builds the adapter on the CPU, then moves it), whose
+    # state here depends on what ran before in this process: one process and rank 0 under torchrun (whose A DDP
+    # broadcasts) drew different adapters from the same params. Seeded in a fork, A is a function of the seed
+    # alone and the caller's random stream is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        return get_peft_model(model, peft_cfg, adapter_name=name)
 
 
 def trainable_head(model: nn.Module) -> nn.Linear:
@@ -178,7 +185,7 @@ class AdapterOff(nn.Module):
 
 
 def critic_on_reward_model(
-    rm: nn.Module, cfg: LoRAConfig, mean: float | None = None, std: float | None = None
+    rm: nn.Module, cfg: LoRAConfig, mean: float | None = None, std: float | None = None, seed: int = 0
 ) -> tuple[nn.Module, AdapterOff]:
     """(critic, reward model) on one frozen body: `rm` (a plain ScalarHeadModel or HFScalarHeadModel, e.g. the
     merged reward-model checkpoint) gets a "critic" adapter whose value head starts as the reward head with PPO's
@@ -188,7 +195,7 @@ def critic_on_reward_model(
 
     from rlhf.model import normalise_head
 
-    critic = apply_lora(rm, cfg, name="critic")
+    critic = apply_lora(rm, cfg, name="critic", seed=seed)
     head = trainable_head(critic)
     if mean is None:
         with torch.no_grad():
@@ -200,14 +207,14 @@ def critic_on_reward_model(
 
 
 def ppo_models(
-    sft: nn.Module, rm: nn.Module, cfg: LoRAConfig, mean: float | None, std: float | None
+    sft: nn.Module, rm: nn.Module, cfg: LoRAConfig, mean: float | None, std: float | None, seed: int = 0
 ) -> tuple[nn.Module, AdapterOff, nn.Module, AdapterOff]:
     """PPO's four models on two frozen bodies: (actor, reference, critic, reward model). `sft` (the SFT LM) gets
     the actor's adapter and the reference is it with the adapter off; `rm` (the reward model, plain) gets the
     critic's adapter and value head (see critic_on_reward_model) and the reward is it with the adapter off. Both
     bodies are modified in place (no copies)."""
-    actor = apply_lora(sft, cfg, name="actor")
-    critic, reward = critic_on_reward_model(rm, cfg, mean, std)
+    actor = apply_lora(sft, cfg, name="actor", seed=seed)
+    critic, reward = critic_on_reward_model(rm, cfg, mean, std, seed=seed + 1)
     return actor, AdapterOff(actor), critic, reward
 
 
@@ -228,10 +235,11 @@ def set_gradient_checkpointing(model: nn.Module, on: bool) -> nn.Module:
     return model
 
 
-def trainee(model: nn.Module, cfg: LoRAConfig, name: str, gradient_checkpointing: bool) -> nn.Module:
-    """The model a training stage trains: with a fresh adapter `name` when LoRA is on (else every weight), and
-    gradient checkpointing as params `runtime.gradient_checkpointing` asks."""
-    return set_gradient_checkpointing(apply_lora(model, cfg, name) if cfg.enabled else model, gradient_checkpointing)
+def trainee(model: nn.Module, cfg: LoRAConfig, name: str, gradient_checkpointing: bool, seed: int = 0) -> nn.Module:
+    """The model a training stage trains: with a fresh adapter `name` (drawn from the stage's `seed`) when LoRA
+    is on (else every weight), and gradient checkpointing as params `runtime.gradient_checkpointing` asks."""
+    adapted = apply_lora(model, cfg, name, seed) if cfg.enabled else model
+    return set_gradient_checkpointing(adapted, gradient_checkpointing)
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ def test_ranks_agree_and_only_rank0_writes(ddp):
 # --- the stage's own command ------------------------------------------------------------------------------
 
 
-def _sft_root(root: Path, nproc: int) -> Path:
+def _sft_root(root: Path, nproc: int, lora_r: int = 0) -> Path:
     """A working root holding what the sft stage reads: tokenizer, base model, demonstrations; tiny params."""
     from rlhf.checkpoint import save_model
     from rlhf.model import GPT, GPTConfig
@@ -205,13 +205,17 @@ def _sft_root(root: Path, nproc: int) -> Path:
         "sft": {**sft, "seed": 0, "heldout_frac": 0.2, "eval_prompts": 0, "eval_temperature": 0.7, "max_new_tokens": 8},
         "runtime": {"device": "auto", "precision": "auto", "nproc_per_node": nproc},
         "judge": {"gold": "none", "content": "none"},
+        "model": {"lora": {"r": lora_r, "alpha": 8.0}},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 
 
-def test_sft_stage_relaunches_itself_under_torchrun(tmp_path, monkeypatch):
-    two = _sft_root(tmp_path / "two", nproc=2)
+@pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
+def test_sft_stage_relaunches_itself_under_torchrun(tmp_path, monkeypatch, lora_r):
+    """With LoRA: the adapter checkpoint (written by rank 0 alone, atomically) and the merged model match one
+    process's, and the adapter names the base it was trained on."""
+    two = _sft_root(tmp_path / "two", nproc=2, lora_r=lora_r)
     env = _env(RLHF_ROOT=str(two), RLHF_PARAMS=str(two / "params.yaml"), RLHF_TRACKING="off")
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run(
@@ -220,7 +224,7 @@ def test_sft_stage_relaunches_itself_under_torchrun(tmp_path, monkeypatch):
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     assert "torch.distributed.run" in proc.stderr  # the stage said how it relaunched itself
 
-    one = _sft_root(tmp_path / "one", nproc=1)
+    one = _sft_root(tmp_path / "one", nproc=1, lora_r=lora_r)
     for key, value in (("RLHF_ROOT", one), ("RLHF_PARAMS", one / "params.yaml"), ("RLHF_TRACKING", "off")):
         monkeypatch.setenv(key, str(value))
     from tasks import sft
@@ -233,6 +237,15 @@ def test_sft_stage_relaunches_itself_under_torchrun(tmp_path, monkeypatch):
     assert (m_two["world_size"], m_one["world_size"]) == (2, 1)
     assert m_two["peak_memory_mb"] > 0 and m_two["loss"] == pytest.approx(m_one["loss"], rel=ATOL)
     assert not (two / "state/sft").exists()  # rank 0 cleaned up the finished run's training state
+    if lora_r:
+        from rlhf.lora import check_base
+
+        got, want = (load_file(str(r / "models/sft/adapter/adapter.safetensors")) for r in (two, one))
+        assert got.keys() == want.keys() and all("lora_" in k for k in want)
+        assert max((got[k] - want[k]).abs().max().item() for k in want) < ATOL
+        assert check_base(two / "models/sft/adapter", two / "models/base")["base"]["path"] == "models/base"
+    leftovers = [p.name for p in (two / "models").iterdir() if p.name not in ("base", "sft")]
+    assert not leftovers, f"temporary directories left behind: {leftovers}"  # one writer, renamed into place
 
 
 def test_runtime_params_and_device_resolution():
