@@ -168,7 +168,11 @@ class AdapterOff(nn.Module):
     the actor's adapter off; the reward model is the critic's adapter off). Same interface as the base.
 
     The peft model is held outside the module tree, so freeze()/eval() on this view never reach the weights it
-    shares with the trainee, and it holds no parameters of its own."""
+    shares with the trainee, and it holds no parameters of its own.
+
+    Under torchrun it reads the plain peft model, never its DDP wrapper (which has no disable_adapter, and whose
+    hooks are for training forwards), and only between optimizer steps: peft's disable_adapter switches the
+    adapters' requires_grad off and back on, which must not happen between a DDP forward and its backward."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -221,7 +225,9 @@ def ppo_models(
 def set_gradient_checkpointing(model: nn.Module, on: bool) -> nn.Module:
     """params `runtime.gradient_checkpointing`: recompute block activations in backward instead of keeping them
     (built-in GPT: its block loop; HF: gradient_checkpointing_enable), non-reentrant so frozen inputs and
-    adapters get correct gradients. Only training forwards with grad are recomputed; rollouts are unchanged."""
+    adapters get correct gradients (the reentrant form gives a LoRA model none: its blocks' input comes from the
+    frozen embedding), under DDP as in one process (tests/test_distributed.py). Only training forwards with grad
+    are recomputed; rollouts are unchanged."""
     done: list[str] = []  # HF models handled: one call covers the models nested in it (else layers nest twice)
     for name, m in model.named_modules():
         if isinstance(m, Transformer):

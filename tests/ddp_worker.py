@@ -81,15 +81,29 @@ def _recorder() -> tuple[list, Callable[[dict[str, float], int], None]]:
     return logged, lambda metrics, step: logged.append([step, metrics])
 
 
-def sft_scenario(workdir: Path, lora: bool = False) -> Result:
-    """Two SFT steps on batches of 4 whose rows have different numbers of target tokens; 3 held-out batches."""
+def hf_gpt2() -> torch.nn.Module:
+    """A GPT-2 of transformers' (rlhf.hf) with CFG's sizes, built from a config (nothing downloaded)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhf.hf import HFCausalLM, HFModelConfig
+
+    c = CFG
+    hf = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer)
+    hf.n_head, hf.bos_token_id, hf.eos_token_id = c.n_head, 0, 0
+    hf.resid_pdrop = hf.embd_pdrop = hf.attn_pdrop = 0.0
+    return HFCausalLM(GPT2LMHeadModel(hf), HFModelConfig(c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd))
+
+
+def sft_scenario(workdir: Path, lora: bool = False, hf: bool = False) -> Result:
+    """Two SFT steps on batches of 4 whose rows have different numbers of target tokens; 3 held-out batches.
+    `hf`: on the Hugging Face backend (LoRA on its c_attn, transformers' non-reentrant checkpointing)."""
     examples = _sequences(12, seed=1)
     n_prompt = [max(2, len(e) // 3) for e in examples]  # prompt tokens carry no loss: unequal token counts
     sampler = EpochSampler(examples, n_prompt, batch_size=4, seed=0, pad_id=0)
     held = EpochSampler(examples[:6], n_prompt[:6], batch_size=2, seed=0, pad_id=0).eval_batches()
     cfg = TrainConfig(steps=2, batch_size=4, lr=1e-3, warmup_steps=1, eval_every=1, checkpoint_every=1, seed=0)
     torch.manual_seed(0)
-    model = _adapted(GPT(CFG), lora, "sft")
+    model = _adapted(hf_gpt2() if hf else GPT(CFG), lora, "sft")
     before = _trainable(model)
     logged, log = _recorder()
     train_lm(model, sampler, held, cfg, workdir / "sft_state", log, name="sft")
@@ -281,6 +295,7 @@ SCENARIOS: dict[str, Callable[[Path], Result]] = {
     "stats": global_stats_scenario,
     "ppo_loop": ppo_loop_scenario,
     "sft_lora": functools.partial(sft_scenario, lora=True),
+    "sft_lora_hf": functools.partial(sft_scenario, lora=True, hf=True),
     "dpo_lora": functools.partial(dpo_scenario, lora=True),
     "ppo_lora": functools.partial(ppo_scenario, lora=True),
     "ppo_loop_lora": functools.partial(ppo_loop_scenario, lora=True),
@@ -295,7 +310,8 @@ def run_all(out: Path, names: list[str] | None = None) -> None:
     reports: dict[str, Any] = {}
     for name in names or list(SCENARIOS):
         params, report = SCENARIOS[name](run_dir / name)
-        tensors |= {f"{name}.{k}": t.detach().contiguous() for k, t in params.items()}
+        # cloned: a tied HF model shares wte and lm_head, which safetensors refuses to save twice
+        tensors |= {f"{name}.{k}": t.detach().clone().contiguous() for k, t in params.items()}
         reports[name] = report
     save_file(tensors, str(out / f"rank{rank}.safetensors"))
     (out / f"rank{rank}.json").write_text(json.dumps(reports))

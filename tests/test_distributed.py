@@ -61,7 +61,7 @@ def ddp(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> tuple[dict[str, torch.Tensor], dict]:
     out = tmp_path_factory.mktemp("single")
-    ddp_worker.run_all(out, ["sft", "rm", "dpo", "ppo", "sft_lora", "dpo_lora", "ppo_lora"])
+    ddp_worker.run_all(out, ["sft", "rm", "dpo", "ppo", "sft_lora", "sft_lora_hf", "dpo_lora", "ppo_lora"])
     return _results(out, 0)
 
 
@@ -114,10 +114,12 @@ def _assert_adapters_moved(got: dict, want: dict) -> None:
     assert got["moved"] > 1e-4 and want["moved"] > 1e-4, (got["moved"], want["moved"])
 
 
-def test_sft_with_lora_matches_one_process(ddp, single):
-    """DDP around a peft model (frozen base, adapters trained) with gradient checkpointing: the step of one process."""
-    _assert_params_close(ddp, single, "sft_lora.")
-    got, want = _results(ddp, 0)[1]["sft_lora"], single[1]["sft_lora"]
+@pytest.mark.parametrize("scenario", ["sft_lora", "sft_lora_hf"])
+def test_sft_with_lora_matches_one_process(ddp, single, scenario):
+    """DDP around a peft model (frozen base, adapters trained) with gradient checkpointing: the step of one
+    process, on the built-in GPT and on a GPT-2 of transformers' (whose checkpointing is its own)."""
+    _assert_params_close(ddp, single, f"{scenario}.")
+    got, want = _results(ddp, 0)[1][scenario], single[1][scenario]
     _assert_logs_close(got["logged"], want["logged"])
     _assert_adapters_moved(got, want)
 
