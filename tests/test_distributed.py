@@ -9,7 +9,10 @@ remains is float rounding (seen: 4e-7 for SFT and 1e-7 for PPO in fp32; 3e-13 fo
 float64 because its loss leaves two biases without gradient, see ddp_worker.rm_scenario). The ranks must hold
 bitwise-identical parameters, and only rank 0 may write: each rank gets its own directory, and rank 1's must stay
 empty.
-A last test runs the `sft` stage's own command with runtime.nproc_per_node = 2, which relaunches it under torchrun.
+The `*_lora` scenarios repeat SFT (built-in GPT and a transformers GPT-2), DPO, PPO's `learn` and the PPO loop with
+LoRA adapters and gradient checkpointing, under the same checks.
+A last test runs the `sft` stage's own command with runtime.nproc_per_node = 2, which relaunches it under torchrun,
+with full fine-tuning and with LoRA.
 """
 
 from __future__ import annotations
