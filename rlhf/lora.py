@@ -148,8 +148,8 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, name: str = "default", seed: i
     )
     model.requires_grad_(False)
     # peft draws A from torch's global CPU generator (it builds the adapter on the CPU, then moves it), whose
-    # state here depends on what ran before in this process: one process and rank 0 under torchrun (whose A DDP
-    # broadcasts) drew different adapters from the same params. Seeded in a fork, A is a function of the seed
+    # state here is whatever the caller's earlier draws left: the same params gave one process (a test's) another
+    # adapter than rank 0 under torchrun, whose A DDP broadcasts. Seeded in a fork, A is a function of the seed
     # alone and the caller's random stream is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
