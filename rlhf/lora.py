@@ -123,11 +123,12 @@ def has_scalar_head(model: nn.Module) -> bool:
     return isinstance(getattr(model, "head", None), nn.Module)
 
 
-def apply_lora(model: nn.Module, cfg: LoRAConfig, name: str = "default") -> nn.Module:
+def apply_lora(model: nn.Module, cfg: LoRAConfig, name: str = "default", seed: int = 0) -> nn.Module:
     """`model` with a fresh LoRA adapter `name`; its base weights frozen (in place: no copy).
 
     A scalar-head model (reward model, critic) also trains its head, as peft's `modules_to_save`: a trainable
-    copy, the original head kept for reads with the adapter off. At init B = 0, so the output equals the base's."""
+    copy, the original head kept for reads with the adapter off. At init B = 0, so the output equals the base's;
+    A is drawn from `seed` alone."""
     from peft import LoraConfig, get_peft_model
 
     if not cfg.enabled:
@@ -146,7 +147,13 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, name: str = "default") -> nn.M
         bias="none",
     )
     model.requires_grad_(False)
-    return get_peft_model(model, peft_cfg, adapter_name=name)
+    # peft draws A from torch's global CPU generator (it builds the adapter on the CPU, then moves it), whose
+    # state here is whatever the caller's earlier draws left: the same params gave one process (a test's) another
+    # adapter than rank 0 under torchrun, whose A DDP broadcasts. Seeded in a fork, A is a function of the seed
+    # alone and the caller's random stream is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        return get_peft_model(model, peft_cfg, adapter_name=name)
 
 
 def trainable_head(model: nn.Module) -> nn.Linear:
@@ -161,7 +168,11 @@ class AdapterOff(nn.Module):
     the actor's adapter off; the reward model is the critic's adapter off). Same interface as the base.
 
     The peft model is held outside the module tree, so freeze()/eval() on this view never reach the weights it
-    shares with the trainee, and it holds no parameters of its own."""
+    shares with the trainee, and it holds no parameters of its own.
+
+    Under torchrun it reads the plain peft model, never its DDP wrapper (which has no disable_adapter, and whose
+    hooks are for training forwards), and only between optimizer steps: peft's disable_adapter switches the
+    adapters' requires_grad off and back on, which must not happen between a DDP forward and its backward."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -178,7 +189,7 @@ class AdapterOff(nn.Module):
 
 
 def critic_on_reward_model(
-    rm: nn.Module, cfg: LoRAConfig, mean: float | None = None, std: float | None = None
+    rm: nn.Module, cfg: LoRAConfig, mean: float | None = None, std: float | None = None, seed: int = 0
 ) -> tuple[nn.Module, AdapterOff]:
     """(critic, reward model) on one frozen body: `rm` (a plain ScalarHeadModel or HFScalarHeadModel, e.g. the
     merged reward-model checkpoint) gets a "critic" adapter whose value head starts as the reward head with PPO's
@@ -188,7 +199,7 @@ def critic_on_reward_model(
 
     from rlhf.model import normalise_head
 
-    critic = apply_lora(rm, cfg, name="critic")
+    critic = apply_lora(rm, cfg, name="critic", seed=seed)
     head = trainable_head(critic)
     if mean is None:
         with torch.no_grad():
@@ -200,21 +211,23 @@ def critic_on_reward_model(
 
 
 def ppo_models(
-    sft: nn.Module, rm: nn.Module, cfg: LoRAConfig, mean: float | None, std: float | None
+    sft: nn.Module, rm: nn.Module, cfg: LoRAConfig, mean: float | None, std: float | None, seed: int = 0
 ) -> tuple[nn.Module, AdapterOff, nn.Module, AdapterOff]:
     """PPO's four models on two frozen bodies: (actor, reference, critic, reward model). `sft` (the SFT LM) gets
     the actor's adapter and the reference is it with the adapter off; `rm` (the reward model, plain) gets the
     critic's adapter and value head (see critic_on_reward_model) and the reward is it with the adapter off. Both
     bodies are modified in place (no copies)."""
-    actor = apply_lora(sft, cfg, name="actor")
-    critic, reward = critic_on_reward_model(rm, cfg, mean, std)
+    actor = apply_lora(sft, cfg, name="actor", seed=seed)
+    critic, reward = critic_on_reward_model(rm, cfg, mean, std, seed=seed + 1)
     return actor, AdapterOff(actor), critic, reward
 
 
 def set_gradient_checkpointing(model: nn.Module, on: bool) -> nn.Module:
     """params `runtime.gradient_checkpointing`: recompute block activations in backward instead of keeping them
     (built-in GPT: its block loop; HF: gradient_checkpointing_enable), non-reentrant so frozen inputs and
-    adapters get correct gradients. Only training forwards with grad are recomputed; rollouts are unchanged."""
+    adapters get correct gradients (the reentrant form gives a LoRA model none: its blocks' input comes from the
+    frozen embedding), under DDP as in one process (tests/test_distributed.py). Only training forwards with grad
+    are recomputed; rollouts are unchanged."""
     done: list[str] = []  # HF models handled: one call covers the models nested in it (else layers nest twice)
     for name, m in model.named_modules():
         if isinstance(m, Transformer):
@@ -228,10 +241,11 @@ def set_gradient_checkpointing(model: nn.Module, on: bool) -> nn.Module:
     return model
 
 
-def trainee(model: nn.Module, cfg: LoRAConfig, name: str, gradient_checkpointing: bool) -> nn.Module:
-    """The model a training stage trains: with a fresh adapter `name` when LoRA is on (else every weight), and
-    gradient checkpointing as params `runtime.gradient_checkpointing` asks."""
-    return set_gradient_checkpointing(apply_lora(model, cfg, name) if cfg.enabled else model, gradient_checkpointing)
+def trainee(model: nn.Module, cfg: LoRAConfig, name: str, gradient_checkpointing: bool, seed: int = 0) -> nn.Module:
+    """The model a training stage trains: with a fresh adapter `name` (drawn from the stage's `seed`) when LoRA
+    is on (else every weight), and gradient checkpointing as params `runtime.gradient_checkpointing` asks."""
+    adapted = apply_lora(model, cfg, name, seed) if cfg.enabled else model
+    return set_gradient_checkpointing(adapted, gradient_checkpointing)
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------

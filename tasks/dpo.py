@@ -65,7 +65,7 @@ def run(params: dict) -> dict:
     resumable_meta(path(STATE) / "checkpoint", fingerprint(cfg, inputs), path(STATE))  # refuse before any work
     with lifecycle("dpo", p, conf.runtime, state_dir=path(STATE)) as ctx:
         rt, tr = ctx.rt, ctx.tracker
-        model = trainee(sft.to(rt.device), conf.lora, "dpo", conf.runtime.gradient_checkpointing)
+        model = trainee(sft.to(rt.device), conf.lora, "dpo", conf.runtime.gradient_checkpointing, cfg.seed)
         # LoRA: the reference is the policy with its adapter off (TRL's ref_model=None), no second copy
         reference = AdapterOff(model) if conf.lora.enabled else load_model(path(SFT), arch="gpt").to(rt.device).eval()
         best = train_dpo(

@@ -130,7 +130,7 @@ def trained_models(
     cfg, lora = conf.ppo, conf.lora
     if lora.enabled:
         norm = (mean, std) if cfg.reward == "reward_model" else (None, None)  # a judge: the value head at zero
-        actor, ref, critic, rm = ppo_models(actor, rm, lora, *norm)
+        actor, ref, critic, rm = ppo_models(actor, rm, lora, *norm, seed=cfg.seed)
         critic.train()  # as make_critic's copy (dropout is off in both all the same: make_state)
     else:
         critic = make_critic(cfg, actor, rm, mean, std).to(rt.device)

@@ -107,7 +107,7 @@ def run(params: dict) -> dict:
         torch.manual_seed(cfg.seed)  # the same head on every rank (DDP also broadcasts rank 0's weights)
         model = ScalarHeadModel.from_lm(sft).to(rt.device)
         # LoRA: an adapter on the SFT body, the scalar head trained whole (peft's modules_to_save)
-        model = trainee(model, conf.lora, "reward", conf.runtime.gradient_checkpointing)
+        model = trainee(model, conf.lora, "reward", conf.runtime.gradient_checkpointing, cfg.seed)
         best = train_reward_model(model, train, val, cfg, tok.pad_id, tr.log_metrics, runtime=rt)
         ctx.sync_peak_memory()
         if not ctx.is_main:

@@ -121,7 +121,8 @@ def run(params: dict) -> dict:
     with lifecycle("sft", p, conf.runtime, state_dir=path(STATE)) as ctx:
         rt, tr = ctx.rt, ctx.tracker
         model = load_model(path("models/base"), arch="gpt").to(rt.device)
-        model = trainee(model, conf.lora, "sft", conf.runtime.gradient_checkpointing)  # LoRA: an adapter on base
+        # LoRA: an adapter on base, drawn from sft.seed
+        model = trainee(model, conf.lora, "sft", conf.runtime.gradient_checkpointing, cfg.seed)
         torch.manual_seed(distributed.rank_seed(cfg.seed))  # dropout masks differ per rank
         final = train_lm(
             model, sampler, held, cfg, path(STATE) / "checkpoint", tr.log_metrics, name="sft", runtime=rt,

@@ -9,7 +9,10 @@ remains is float rounding (seen: 4e-7 for SFT and 1e-7 for PPO in fp32; 3e-13 fo
 float64 because its loss leaves two biases without gradient, see ddp_worker.rm_scenario). The ranks must hold
 bitwise-identical parameters, and only rank 0 may write: each rank gets its own directory, and rank 1's must stay
 empty.
-A last test runs the `sft` stage's own command with runtime.nproc_per_node = 2, which relaunches it under torchrun.
+The `*_lora` scenarios repeat SFT (built-in GPT and a transformers GPT-2), DPO, PPO's `learn` and the PPO loop with
+LoRA adapters and gradient checkpointing, under the same checks.
+A last test runs the `sft` stage's own command with runtime.nproc_per_node = 2, which relaunches it under torchrun,
+with full fine-tuning and with LoRA.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def ddp(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> tuple[dict[str, torch.Tensor], dict]:
     out = tmp_path_factory.mktemp("single")
-    ddp_worker.run_all(out, ["sft", "rm", "dpo", "ppo"])
+    ddp_worker.run_all(out, ["sft", "rm", "dpo", "ppo", "sft_lora", "sft_lora_hf", "dpo_lora", "ppo_lora"])
     return _results(out, 0)
 
 
@@ -109,6 +112,46 @@ def test_ppo_learn_matches_one_process(ddp, single):
         assert got[k] == pytest.approx(v, rel=ATOL, abs=ATOL), k
 
 
+def _assert_adapters_moved(got: dict, want: dict) -> None:
+    """Equal parameters mean something only if training changed them: every adapter tensor moved, in both runs."""
+    assert got["moved"] > 1e-4 and want["moved"] > 1e-4, (got["moved"], want["moved"])
+
+
+@pytest.mark.parametrize("scenario", ["sft_lora", "sft_lora_hf"])
+def test_sft_with_lora_matches_one_process(ddp, single, scenario):
+    """DDP around a peft model (frozen base, adapters trained) with gradient checkpointing: the step of one
+    process, on the built-in GPT and on a GPT-2 of transformers' (whose checkpointing is its own)."""
+    _assert_params_close(ddp, single, f"{scenario}.")
+    got, want = _results(ddp, 0)[1][scenario], single[1][scenario]
+    _assert_logs_close(got["logged"], want["logged"])
+    _assert_adapters_moved(got, want)
+
+
+def test_dpo_with_lora_matches_one_process(ddp, single):
+    """DPO with the reference as the policy's adapter off (read before DDP wraps the policy)."""
+    _assert_params_close(ddp, single, "dpo_lora.")
+    got, want = _results(ddp, 0)[1]["dpo_lora"], single[1]["dpo_lora"]
+    _assert_logs_close(got["logged"], want["logged"])
+    assert got["best"] == pytest.approx(want["best"], rel=ATOL)
+    assert got["logged"][0][1]["dpo/loss"] != pytest.approx(math.log(2))  # the adapter on: policy ≠ reference
+    _assert_adapters_moved(got, want)
+
+
+def test_ppo_learn_with_lora_matches_one_process(ddp, single):
+    """PPO's learning step with the actor's and the critic's adapters under DDP equals one process's; and after
+    it, on both ranks, the reference (actor's adapter off) and the reward (critic's adapter off) are still the
+    untouched SFT and reward models: DDP's hooks and the adapters' switching left the frozen bodies alone."""
+    _assert_params_close(ddp, single, "ppo_lora.")
+    got, want = _results(ddp, 0)[1]["ppo_lora"], single[1]["ppo_lora"]
+    for k, v in want["stats"].items():
+        assert got["stats"][k] == pytest.approx(v, rel=ATOL, abs=ATOL), k
+    _assert_adapters_moved(got, want)
+    assert any(".lora_A." in k for k in _results(ddp, 0)[0] if k.startswith("ppo_lora.critic."))
+    for rank in (0, 1):
+        report = _results(ddp, rank)[1]["ppo_lora"]
+        assert report["ref_diff"] < 1e-6 and report["reward_diff"] < 1e-6, report
+
+
 def test_statistics_are_global(ddp):
     for rank in (0, 1):
         checks = _results(ddp, rank)[1]["stats"]
@@ -125,21 +168,28 @@ def test_ranks_agree_and_only_rank0_writes(ddp):
     assert t0.keys() == t1.keys() and all(
         torch.equal(t0[k], t1[k]) for k in t0
     )  # DDP: both ranks apply one all-reduced gradient on this machine
-    h0, h1 = ([_untimed(h) for h in r["ppo_loop"]["history"]] for r in (r0, r1))
-    assert h0 == h1 and len(h0) == 2  # metrics reduced over ranks: the same on every rank (timings are each its own)
-    assert r0["ppo_loop"]["kl_coef"] == r1["ppo_loop"]["kl_coef"] != PPO_KL  # the controller saw the global KL
+    for loop in ("ppo_loop", "ppo_loop_lora"):
+        h0, h1 = ([_untimed(h) for h in r[loop]["history"]] for r in (r0, r1))
+        assert h0 == h1 and len(h0) == 2  # metrics reduced over ranks: the same on every rank (timings: each its own)
+        assert r0[loop]["kl_coef"] == r1[loop]["kl_coef"] != PPO_KL  # the controller saw the global KL
+        assert len(r0[loop]["logged"]) == 2
     assert all(r1[name].get("logged") in (None, []) for name in r1)
-    assert len(r0["ppo_loop"]["logged"]) == 2 and len(r0["sft"]["logged"]) == 2
+    assert len(r0["sft"]["logged"]) == 2
     run0, run1 = ddp / "run0", ddp / "run1"
     assert not run1.exists() or not any(run1.rglob("*")), f"rank 1 wrote {sorted(run1.rglob('*'))}"
     assert (run0 / "sft/sft_state/state.json").exists() and (run0 / "ppo_loop/checkpoint/state.json").exists()
     assert sorted(p.name for p in (run0 / "ppo_loop/snapshots").iterdir()) == ["0", "1", "2"]
+    # LoRA: the training state holds the peft model; a snapshot is the merged actor, a plain checkpoint
+    state = json.loads((run0 / "ppo_loop_lora/checkpoint/actor/config.json").read_text())
+    assert state["arch"] == "lora-training-state"
+    merged = load_file(str(run0 / "ppo_loop_lora/snapshots/2/model.safetensors"))
+    assert merged and not any("lora_" in k for k in merged)
 
 
 # --- the stage's own command ------------------------------------------------------------------------------
 
 
-def _sft_root(root: Path, nproc: int) -> Path:
+def _sft_root(root: Path, nproc: int, lora_r: int = 0) -> Path:
     """A working root holding what the sft stage reads: tokenizer, base model, demonstrations; tiny params."""
     from rlhf.checkpoint import save_model
     from rlhf.model import GPT, GPTConfig
@@ -160,13 +210,17 @@ def _sft_root(root: Path, nproc: int) -> Path:
         "sft": {**sft, "seed": 0, "heldout_frac": 0.2, "eval_prompts": 0, "eval_temperature": 0.7, "max_new_tokens": 8},
         "runtime": {"device": "auto", "precision": "auto", "nproc_per_node": nproc},
         "judge": {"gold": "none", "content": "none"},
+        "model": {"lora": {"r": lora_r, "alpha": 8.0}},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 
 
-def test_sft_stage_relaunches_itself_under_torchrun(tmp_path, monkeypatch):
-    two = _sft_root(tmp_path / "two", nproc=2)
+@pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
+def test_sft_stage_relaunches_itself_under_torchrun(tmp_path, monkeypatch, lora_r):
+    """With LoRA: the adapter checkpoint (written by rank 0 alone, atomically) and the merged model match one
+    process's, and the adapter names the base it was trained on."""
+    two = _sft_root(tmp_path / "two", nproc=2, lora_r=lora_r)
     env = _env(RLHF_ROOT=str(two), RLHF_PARAMS=str(two / "params.yaml"), RLHF_TRACKING="off")
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run(
@@ -175,7 +229,7 @@ def test_sft_stage_relaunches_itself_under_torchrun(tmp_path, monkeypatch):
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     assert "torch.distributed.run" in proc.stderr  # the stage said how it relaunched itself
 
-    one = _sft_root(tmp_path / "one", nproc=1)
+    one = _sft_root(tmp_path / "one", nproc=1, lora_r=lora_r)
     for key, value in (("RLHF_ROOT", one), ("RLHF_PARAMS", one / "params.yaml"), ("RLHF_TRACKING", "off")):
         monkeypatch.setenv(key, str(value))
     from tasks import sft
@@ -188,6 +242,15 @@ def test_sft_stage_relaunches_itself_under_torchrun(tmp_path, monkeypatch):
     assert (m_two["world_size"], m_one["world_size"]) == (2, 1)
     assert m_two["peak_memory_mb"] > 0 and m_two["loss"] == pytest.approx(m_one["loss"], rel=ATOL)
     assert not (two / "state/sft").exists()  # rank 0 cleaned up the finished run's training state
+    if lora_r:
+        from rlhf.lora import check_base
+
+        got, want = (load_file(str(r / "models/sft/adapter/adapter.safetensors")) for r in (two, one))
+        assert got.keys() == want.keys() and all("lora_" in k for k in want)
+        assert max((got[k] - want[k]).abs().max().item() for k in want) < ATOL
+        assert check_base(two / "models/sft/adapter", two / "models/base")["base"]["path"] == "models/base"
+    leftovers = [p.name for p in (two / "models").iterdir() if p.name not in ("base", "sft")]
+    assert not leftovers, f"temporary directories left behind: {leftovers}"  # one writer, renamed into place
 
 
 def test_runtime_params_and_device_resolution():

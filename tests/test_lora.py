@@ -130,6 +130,24 @@ def test_only_adapters_and_heads_train_and_the_optimizer_holds_only_them(backend
         assert (critic.score(ids, mask) - reward.score(ids, mask)).abs().max() > 1e-3
 
 
+def test_adapter_init_is_a_function_of_the_seed_alone():
+    """A stage run by one process and by rank 0 under torchrun must draw the same adapter, whatever the global
+    RNG went through before (models built, draws taken); and drawing it leaves the caller's random stream alone."""
+    torch.manual_seed(123)
+    first = apply_lora(builtin_lm(), LORA, seed=7)
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    torch.rand(1000)  # another history of the global generator
+    second = apply_lora(builtin_lm(), LORA, seed=7)
+    torch.manual_seed(123)
+    other_seed = apply_lora(builtin_lm(), LORA, seed=8)
+    torch.testing.assert_close(torch.rand(3), after)  # the stream resumes where apply_lora found it
+    a = {n: p for n, p in first.named_parameters() if "lora_A" in n}
+    b, c = dict(second.named_parameters()), dict(other_seed.named_parameters())
+    assert a and all(torch.equal(p, b[n]) for n, p in a.items())
+    assert all(not torch.equal(p, c[n]) for n, p in a.items())
+
+
 def test_critic_starts_at_the_normalised_reward_or_zero():
     rm = ScalarHeadModel.from_lm(builtin_lm())
     untouched_rm = copy.deepcopy(rm)
