@@ -153,7 +153,9 @@ def epoch_steps(groups: list[list[int]], batch_size: int, g: torch.Generator) ->
 
     InstructGPT (Ouyang et al. 2022, sec. 3.5) trains on all K-choose-2 comparisons of a prompt as one batch
     element: shuffled as independent pairs, each response recurs in K−1 steps of an epoch and the model overfits
-    within one epoch; together, each response is scored once per epoch. The remainder joins the last step, so
+    within one epoch; together, each response is scored once per epoch. Pairs keep equal weight (the loss is their
+    mean, the spec's average over D_prefs), where InstructGPT weighs prompts equally (1/C(K,2) each): with a
+    borrowed response and dropped duplicates a prompt has 6 to 10 pairs here. The remainder joins the last step, so
     every step has at least batch_size pairs (and at least one per process under torchrun).
     """
     steps: list[list[int]] = []
