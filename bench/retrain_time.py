@@ -8,12 +8,12 @@ goes into data/incoming/ (the fault drill's pairs: demonstrations as chosen, the
 rejected), `python -m flows.retrain --no-pipeline` gates and accepts it into data/feedback/, `dvc status` says
 which stages changed, and `python -m flows.retrain` retrains (DVC skips what did not change), registers and
 promotes. Prints the stages with their seconds (the flow's own timings) and the 1-minute load average sampled
-during the retrain, and writes them to bench/out/retrain_time.json.
+during the retrain, and writes them to bench/out/retrain_time.json (the flows' logs: retrain-logs/ beside COPY).
 
 "Before the split" the collection of pairs and the merge of feedback were one stage, so new feedback also reran
-the collection: its cost is the `pipeline/seconds/preferences` of the source's last pipeline run that ran it
-(from its MLflow database), added to this retrain's. Times taken on a shared machine are only as good as its load
-says; the load is printed with them.
+the collection: its cost is the `pipeline/seconds/preferences` of the source's pipeline runs that ran it (from
+its MLflow database, each printed), added to this retrain's. Times taken on a shared machine are only as good as
+its load says; the load is printed with them.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH.parent) not in sys.path:  # `python bench/retrain_time.py` from the repo root
     sys.path.insert(0, str(BENCH.parent))
 
-from bench.common import write_json  # noqa: E402
+from bench.common import machine_info, write_json  # noqa: E402
 from bench.fault_drill import PY, drop_incoming, env_for  # noqa: E402
 
 SKIP = shutil.ignore_patterns(".venv", "__pycache__", ".pytest_cache", ".ruff_cache")
@@ -69,17 +69,18 @@ class LoadSampler(threading.Thread):
         return {"min": min(s), "mean": round(sum(s) / len(s), 2), "max": max(s), "samples": len(s)}
 
 
-def reference_collection_seconds(root: Path) -> float | None:
-    """`pipeline/seconds/preferences` of the last pipeline run in root's MLflow database that ran the stage."""
+def collection_seconds(root: Path) -> dict[str, float]:
+    """`pipeline/seconds/preferences` of each pipeline run in root's MLflow database that ran the stage (a skipped
+    stage takes about a second), by run name: the cost the retrain paid before the split, idle or loaded."""
     db = root / "mlflow/mlflow.db"
     if not db.exists():
-        return None
+        return {}
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        row = con.execute(
-            "SELECT m.value FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
-            "WHERE m.key = 'pipeline/seconds/preferences' AND m.value > 5 ORDER BY r.start_time DESC LIMIT 1"
-        ).fetchone()
-    return row[0] if row else None
+        rows = con.execute(
+            "SELECT r.name, m.value FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
+            "WHERE m.key = 'pipeline/seconds/preferences' AND m.value > 5 ORDER BY r.start_time"
+        ).fetchall()
+    return {name: round(value, 1) for name, value in rows}
 
 
 def flow(root: Path, args: list[str], log: Path) -> tuple[float, str]:
@@ -128,7 +129,7 @@ def main() -> None:
 
     pipeline = last_json(out)["pipeline"]
     stages = [{k: r[k] for k in ("stage", "ran", "seconds")} for r in pipeline["stages"]]
-    before = reference_collection_seconds(args.source.resolve())
+    before = collection_seconds(args.source.resolve())
     result = {
         "copy": str(dest),
         "pairs": n,
@@ -143,7 +144,7 @@ def main() -> None:
         "retrain_seconds": round(retrain_s, 1),
         "load_1min": load,
         "collection_seconds_before_split": before,
-        "retrain_seconds_before_split": round(retrain_s + before, 1) if before else None,
+        "machine": machine_info(),
     }
     write_json("retrain_time", result)
     print(f"{n} pairs; gate + accept {gate_s:.0f} s; dvc status listed {result['dvc_status_changed']}")
@@ -151,8 +152,8 @@ def main() -> None:
     for s in stages:
         print(f"{s['stage']:22} {'yes' if s['ran'] else 'no':5} {s['seconds']:.1f}")
     print(f"retrain (python -m flows.retrain) {retrain_s:.0f} s, load average (1 min) {load['min']}-{load['max']}")
-    if before:
-        print(f"before the split (+ collection {before:.0f} s from the source's MLflow): {retrain_s + before:.0f} s")
+    for run, seconds in before.items():
+        print(f"before the split the collection reran too: {seconds:.0f} s in {run!r}, {retrain_s + seconds:.0f} s")
 
 
 if __name__ == "__main__":
