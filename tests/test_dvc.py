@@ -9,6 +9,7 @@ so the tiny pipeline is paid once) is tests/test_flows.py::test_fresh_clone_dvc_
 from __future__ import annotations
 
 import ast
+import json
 import os
 import shutil
 import subprocess
@@ -258,3 +259,38 @@ def test_dvc_presents_the_summary_and_images_only() -> None:
 
     assert declared("metrics") == ["metrics/summary.json"]
     assert declared("plots") and all(p.endswith(".png") for p in declared("plots"))
+
+
+# `dvc exp show` without flags lists every key of params.yaml and a hash column per code or data dependency (DVC
+# 3 has no setting for its columns); docs/lifecycle.md gives this view of the headline numbers instead.
+HEADLINE_VIEW = ("--drop", ".*", "--keep", "^(Experiment|win|low|correct|kl|rm_acc)")
+EXPERIMENT_LABEL = "├── 1a2b3c4 [exp-5d6e7]"  # an experiment's row: tree, short commit, DVC's generated name
+
+
+def test_the_documented_headline_view_shows_every_number_in_160_columns(tmp_path: Path) -> None:
+    """Run by DVC on this dvc.yaml and params.yaml with a full metrics/summary.json (numbers as wide as they get):
+    the view keeps exactly the summary's numbers (no param or dependency column), and its width plus what an
+    experiment's row label adds to the first column stays within 160."""
+    from tasks.summary import headline, numbers
+
+    gold = {"win_rate": 0.12345, "ci_low": 0.06789}
+    content = {"candidate": {"correct": 0.45678}, "baseline": {"correct": 0.34567}}
+    evals = [{"gold": gold, "kl": kl, "content": content} for kl in (12.3456, 10.9876)]
+    summary = headline(*evals, {"ppo_vs_dpo": gold}, {"accuracy": 0.65432})
+    for rel in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / rel, tmp_path / rel)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/summary.json").write_text(json.dumps(summary))
+    git(tmp_path, "init", "-q", "-b", "main")
+    run_dvc(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "headline")
+
+    header = run_dvc(tmp_path, "exp", "show", "--csv", *HEADLINE_VIEW).splitlines()[0].split(",")
+    shown = set(header) - {"Experiment", "rev", "typ", "parent"}
+    assert shown == {name.replace("/", ".") for name in numbers(summary, prefix="")} and len(shown) == 11
+    table = run_dvc(tmp_path, "exp", "show", *HEADLINE_VIEW).splitlines()
+    first_column = max(len(line.split()[0]) for line in table if line.strip() and "─" not in line)
+    assert max(map(len, table)) + len(EXPERIMENT_LABEL) - first_column <= 160
+    command = "dvc exp show " + " ".join(a if a.startswith("--") else f"'{a}'" for a in HEADLINE_VIEW)
+    assert command in (ROOT / "docs/lifecycle.md").read_text()
