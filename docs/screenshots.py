@@ -42,9 +42,9 @@ from tasks.mlflow_store import repoint_artifacts
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEWPORT = {"width": 1400, "height": 900}
-# The runs table is wider than the other views: laid out on 1556 CSS pixels, drawn on 1400 (90 %).
-WIDE, WIDE_SCALE = {"width": 1556, "height": 1000}, 0.9
-HEADLINE = ["win/dpo", "low/dpo", "win/ppo", "low/ppo", "correct/dpo", "correct/ppo", "rm_acc"]
+# The runs table is wider than the other views: laid out on 1707 CSS pixels, drawn on 1400 (82 %).
+WIDE, WIDE_SCALE = {"width": 1707, "height": 1098}, 0.82
+HEADLINE = ["win/dpo", "low/dpo", "win/ppo", "low/ppo", "correct/dpo", "correct/ppo", "kl/dpo", "kl/ppo", "rm_acc"]
 TAGS = ["rlhf.promotion"]  # the decision; `headline/promoted` says the same as 0/1
 MAX_BYTES = 400_000
 
@@ -223,6 +223,7 @@ def runs_table(browser: Any, outside: list[str], base: str, runs: dict[str, str]
     for col in reversed(cols):  # right to left: a widened column pushes only those already done
         resize(page, col, 140 if col.startswith("tags.") else None)  # "v2 (dpo) promoted"
     resize(page, "runDateAndNestInfo", 110)  # "Created": "1 hour ago" needs no more
+    resize(page, "attributes.`Run Name`", 170)
     page.locator(".ag-body-horizontal-scroll-viewport").evaluate("e => { e.scrollLeft = 0 }")
     page.mouse.move(700, 600)  # no header left highlighted under the pointer
     page.wait_for_timeout(800)
