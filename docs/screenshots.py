@@ -162,11 +162,12 @@ def offline_page(browser: Any, outside: list[str], **kw: Any) -> Any:
 
 
 def mlflow_clean(page: Any) -> None:
-    """Close the assistant panel and fold the sidebar: room for the content."""
-    close = page.get_by_role("button", name="Close")
-    close.first.wait_for()
-    close.first.click()
+    """Close the assistant panel (open on a first visit) and fold the sidebar: room for the content."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.get_by_role("button", name="Toggle sidebar").click()
+    with contextlib.suppress(PlaywrightTimeout):
+        page.get_by_role("button", name="Close").first.click(timeout=15_000)
 
 
 def evaluate_report(browser: Any, outside: list[str], base: str, runs: dict[str, str], out: Path) -> None:
@@ -231,6 +232,16 @@ def runs_table(browser: Any, outside: list[str], base: str, runs: dict[str, str]
     page.close()
 
 
+def check_flow_run(base: str, flow_run: str) -> None:
+    """The flow run is in Prefect's database with its result page (else the picture would wait in vain)."""
+    query = {"artifacts": {"flow_run_id": {"any_": [flow_run]}, "key": {"any_": ["rlhf-pipeline-result"]}}}
+    if not get_json(f"{base}/api/artifacts/filter", query):
+        raise SystemExit(
+            f"Prefect's database has no rlhf-pipeline-result artifact of flow run {flow_run}: "
+            "run the pipeline flow (python -m flows.pipeline) in the checkout first"
+        )
+
+
 def prefect_result(browser: Any, outside: list[str], base: str, runs: dict[str, str], out: Path) -> None:
     page = offline_page(browser, outside, viewport=VIEWPORT)
     page.goto(f"{base}/runs/flow-run/{runs['flow']}")
@@ -266,6 +277,7 @@ def take(checkout: Path, out: Path, pipeline_run: str | None = None) -> list[Pat
         ):
             runs = pick_runs(m_url, pipeline_run)
             print(f"pipeline run {runs['parent']}, evaluate run {runs['evaluate']}, flow run {runs['flow']}")
+            check_flow_run(p_url, runs["flow"])
             browser = launch(p)
             try:
                 evaluate_report(browser, outside, m_url, runs, shots[0])

@@ -246,7 +246,8 @@ def write_bundle(report_dir: Path, plots: list[Path], out: Path) -> list[Path]:
             return f"{m[1]}data:image/png;base64,{base64.b64encode(image.read_bytes()).decode()}{m[3]}"
 
         body = markdown.markdown(_LINK.sub(inline, text), extensions=["tables"])
-        copy.with_suffix(".html").write_text(f"<!doctype html><meta charset=utf-8>{_PAGE_STYLE}\n{body}\n", encoding="utf-8")
+        page_html = f"<!doctype html><meta charset=utf-8>{_PAGE_STYLE}\n{body}\n"
+        copy.with_suffix(".html").write_text(page_html, encoding="utf-8")
     return here
 
 
