@@ -3,9 +3,9 @@
     python docs/screenshots.py [--checkout DIR] [--out docs] [--pipeline-run MLFLOW_RUN_ID]
 
 Copies the checkout's `mlflow/` (store and artifacts) and `.prefect/` (Prefect's database) into a temporary
-folder (the checkout is only read; its SQLite files are copied through SQLite's backup API, so a writer cannot
-tear them), serves the copies with `mlflow server` and `prefect server start` on free local ports, and takes
-with Debian's chromium (tasks.labeling.screenshots.launch):
+folder (the checkout is only read: run it when no pipeline is writing there), serves the copies with
+`mlflow server` and `prefect server start` on free local ports, and takes with Debian's chromium
+(tasks.labeling.screenshots.launch):
 
 - `mlflow-evaluate-report.png`: the evaluate run's artifacts, its report (report.html, images inlined) open;
 - `mlflow-runs-headline.png`: the runs table with the pipeline runs' headline columns (`headline/*` metrics,
@@ -58,9 +58,12 @@ def copy_state(checkout: Path, dest: Path) -> tuple[Path, Path]:
                      (checkout / ".prefect" / "prefect.db", prefect_home / "prefect.db")):  # fmt: skip
         if not src.exists():
             raise FileNotFoundError(f"{src}: no such database (run the pipeline in {checkout} first)")
-        source = sqlite3.connect(f"{src.as_uri()}?mode=ro", uri=True)
-        with contextlib.closing(source), contextlib.closing(sqlite3.connect(dst)) as copy:
-            source.backup(copy)
+        # Copied as files, never opened in place: even a read-only SQLite connection writes the WAL index (-shm).
+        for suffix in ("", "-wal"):
+            if Path(f"{src}{suffix}").exists():
+                shutil.copy2(f"{src}{suffix}", f"{dst}{suffix}")
+        with contextlib.closing(sqlite3.connect(dst)) as copy:
+            copy.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the copy's WAL folded into its database
     repoint_artifacts(mlflow_dir / "mlflow.db")
     return mlflow_dir, prefect_home
 
