@@ -121,7 +121,7 @@ def gate_user_file(file, fmt: str, block_size: int) -> None:
             inputs = path("models/sft/tokenizer.json"), path("data/prepared/prompts_eval.jsonl")
             validate.run(
                 "preferences", file, *inputs, block_size=block_size, min_rows=1, report_dir=reports,
-                data_docs=False, import_format=fmt,
+                import_format=fmt,
             )  # fmt: skip
         except validate.ValidationFailed as e:
             raise DataError(

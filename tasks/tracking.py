@@ -204,6 +204,13 @@ _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
 """a Markdown link or image: [text](target) / ![alt](target)"""
 
 
+# The artifact view is narrower than the PPO grid: plots shrink to fit rather than being cut off on the right.
+_PAGE_STYLE = (
+    "<style>body{font-family:system-ui,sans-serif} img{max-width:100%} table{border-collapse:collapse}"
+    " th,td{border:1px solid #ccc;padding:2px 8px}</style>"
+)
+
+
 def write_bundle(report_dir: Path, plots: list[Path], out: Path) -> list[Path]:
     """A report folder made self-contained in `out`: its files, the plots under `plots/`, each Markdown page
     with the links to those plots rewritten to `plots/<name>` (they point outside the folder, `../../plots/…`),
@@ -239,7 +246,8 @@ def write_bundle(report_dir: Path, plots: list[Path], out: Path) -> list[Path]:
             return f"{m[1]}data:image/png;base64,{base64.b64encode(image.read_bytes()).decode()}{m[3]}"
 
         body = markdown.markdown(_LINK.sub(inline, text), extensions=["tables"])
-        copy.with_suffix(".html").write_text(f"<!doctype html><meta charset=utf-8>\n{body}\n", encoding="utf-8")
+        page_html = f"<!doctype html><meta charset=utf-8>{_PAGE_STYLE}\n{body}\n"
+        copy.with_suffix(".html").write_text(page_html, encoding="utf-8")
     return here
 
 

@@ -9,7 +9,8 @@ is a stock GX expectation whose failure GX itself reports: `n_tokens_prompt`, `n
 full chat sequence, prompt + response + EOS, which must fit the model's block_size) and `prompt_in_eval`
 (the normalised prompt is an evaluation prompt: training on it would inflate the win rate).
 
-Writes only `<report-dir>/<kind>.json` and the Data Docs site `<report-dir>/<kind>_docs/` (both atomically).
+Writes only `<report-dir>/<kind>.json` and the same report as a self-contained HTML page `<report-dir>/<kind>.html`
+(tasks.validation_page: readable offline, unlike GX's Data Docs, which load their styles and tables from CDNs).
 Exit status: 0 passed, 1 an expectation failed (summary on stderr), 2 an input could not be read.
 Defaults not given on the command line come from params.yaml: `validate.min_demos`, `validate.min_pairs`,
 `validate.max_prompt_tokens`, `validate.report_dir` and `model.block_size`.
@@ -29,14 +30,14 @@ from typing import Any
 import great_expectations as gx
 import great_expectations.expectations as gxe
 import pandas as pd
-from great_expectations.checkpoint import UpdateDataDocsAction
 from great_expectations.core import ExpectationSuiteValidationResult
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from rlhf.data import DataError, import_preferences, read_prompts, read_table
-from rlhf.io import atomic_dir, write_json
+from rlhf.io import write_json
 from rlhf.tokenizer import SPECIAL_TOKENS, ChatTokenizer, control_regex
 from tasks.common import ParamError, build_dataclass, load_params, params_path, path, stage_main
+from tasks.validation_page import write_page
 
 SUITES = {"demos": "demonstrations", "preferences": "preference_pairs"}
 TEXT = {"demos": ("prompt", "response"), "preferences": ("prompt", "chosen", "rejected")}
@@ -98,7 +99,8 @@ class ValidationReport:
     outcomes: list[Outcome]
     skipped: list[str] = field(default_factory=list)
     """checks not evaluated because a column they need is absent (a required one fails `column_exists:*`)"""
-    docs: str | None = None
+    page: str | None = None
+    """the HTML page of this report"""
 
     @property
     def failed(self) -> list[Outcome]:
@@ -232,26 +234,22 @@ def _context() -> Any:
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    # The ephemeral context's default site would write HTML into a fresh directory under /tmp on every build.
+    # The ephemeral context's default Data Docs site would write HTML into a fresh directory under /tmp (and its
+    # pages need CDNs); tasks.validation_page renders the report instead.
     ctx.delete_data_docs_site("local_site")
     return ctx
 
 
 def _run_suite(
-    suite_name: str, expectations: list[gxe.Expectation], frame: pd.DataFrame, docs: Path | None
+    suite_name: str, expectations: list[gxe.Expectation], frame: pd.DataFrame
 ) -> ExpectationSuiteValidationResult:
-    """Run one suite on the frame through a Checkpoint (which can build Data Docs) -> the suite's result."""
+    """Run one suite on the frame through a Checkpoint -> the suite's result."""
     ctx = _context()
     batch = ctx.data_sources.add_pandas("memory").add_dataframe_asset(suite_name)
     batch_def = batch.add_batch_definition_whole_dataframe("all")
     suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
     vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch_def, suite=suite))
-    actions = []
-    if docs is not None:
-        backend = {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs.resolve())}
-        ctx.add_data_docs_site("docs", {"class_name": "SiteBuilder", "store_backend": backend})
-        actions = [UpdateDataDocsAction(name="data_docs", site_names=["docs"])]
-    cp = gx.Checkpoint(name=suite_name, validation_definitions=[vd], actions=actions, result_format=COMPLETE)
+    cp = gx.Checkpoint(name=suite_name, validation_definitions=[vd], result_format=COMPLETE)
     result = ctx.checkpoints.add(cp).run(batch_parameters={"dataframe": frame})
     (suite_result,) = result.run_results.values()
     return suite_result
@@ -295,11 +293,10 @@ def validate(
     min_rows: int,
     *,
     max_prompt_tokens: int | None = None,
-    data_docs: bool = True,
     source: str | None = None,
     existing: pd.DataFrame | None = None,
 ) -> ValidationReport:
-    """Run the `kind` suite ("demos" or "preferences") on df; write report_dir/<kind>.json (+ Data Docs).
+    """Run the `kind` suite ("demos" or "preferences") on df; write report_dir/<kind>.json and <kind>.html.
 
     df's index locates rows in their file (rlhf.data readers index by line); offending rows are named by it.
     max_prompt_tokens defaults to block_size - MIN_RESPONSE_ROOM. With `existing` (the preference pairs
@@ -315,12 +312,7 @@ def validate(
     active = [c for c in all_checks if all(col in frame.columns for col in c.needs)]
     by_name = {c.name: c for c in active}
     report_dir = Path(report_dir)
-    docs_dir = report_dir / f"{kind}_docs"
-    if data_docs:
-        with atomic_dir(docs_dir) as tmp:
-            result = _run_suite(SUITES[kind], [c.expectation for c in active], frame, tmp)
-    else:
-        result = _run_suite(SUITES[kind], [c.expectation for c in active], frame, None)
+    result = _run_suite(SUITES[kind], [c.expectation for c in active], frame)
     outcomes = []
     for res in result.to_json_dict()["results"]:
         outcomes.append(_outcome(by_name[res["expectation_config"]["meta"]["check"]], res, frame, df.index))
@@ -334,10 +326,16 @@ def validate(
         success=bool(result.success),
         outcomes=outcomes,
         skipped=[c.name for c in all_checks if c.name not in by_name],
-        docs=str(docs_dir / "index.html") if data_docs else None,
+        page=str(report_dir / f"{kind}.html"),
     )
-    write_json(report_dir / f"{kind}.json", report.to_dict())
+    write_report(report_dir, kind, report.to_dict())
     return report
+
+
+def write_report(report_dir: Path, kind: str, report: dict[str, Any]) -> None:
+    """`<kind>.json` and its HTML page `<kind>.html` (each atomically; the page never outlives its JSON)."""
+    write_json(report_dir / f"{kind}.json", report)
+    write_page(report, report_dir / f"{kind}.html")
 
 
 def run(
@@ -350,7 +348,6 @@ def run(
     min_rows: int = 1,
     max_prompt_tokens: int | None = None,
     report_dir: str | Path = "reports/validation",
-    data_docs: bool = True,
     import_format: str | None = None,
     existing: Sequence[str | Path] = (),
 ) -> ValidationReport:
@@ -367,7 +364,7 @@ def run(
     held_out = set(read_prompts(eval_prompts)["prompt"])
     report = validate(
         kind, df, ChatTokenizer.load(tokenizer), block_size, held_out, Path(report_dir), min_rows,
-        max_prompt_tokens=max_prompt_tokens, data_docs=data_docs, source=str(input_file), existing=accepted,
+        max_prompt_tokens=max_prompt_tokens, source=str(input_file), existing=accepted,
     )  # fmt: skip
     if not report.success:
         raise ValidationFailed(report)
@@ -397,7 +394,7 @@ class ValidateParams:
     max_prompt_tokens: int | None = None
     """longest prompt in tokens, chat markers included (None: block_size - 8)"""
     report_dir: str = "reports/validation"
-    """where <kind>.json and <kind>_docs/ go"""
+    """where <kind>.json and <kind>.html go"""
 
 
 def defaults(kind: str, params_file: Path | None, given: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -439,26 +436,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument(flag, type=int, default=None)
     parser.add_argument("--report-dir", type=Path, default=None)
     parser.add_argument("--params", type=Path, default=None, help="params file (default: params.yaml)")
-    parser.add_argument("--no-data-docs", action="store_true", help="write the JSON report only")
     parser.add_argument(
         "--import-format", choices=["auto", "trl", "hh", "ranked"], default=None,
         help="preferences: import --input as a user's preference file (as the preferences stage does)",
     )  # fmt: skip
     parser.add_argument("--existing", type=Path, nargs="*", default=[], help="preference files already accepted")
     args = parser.parse_args(argv)
-    docs = not args.no_data_docs
     opts: dict[str, Any] = {"report_dir": Path(ValidateParams.report_dir)}
     try:
         cli_opts = ("block_size", "min_rows", "max_prompt_tokens", "report_dir")
         opts = defaults(args.kind, args.params, {k: getattr(args, k) for k in cli_opts})
         report = run(
-            args.kind, args.input, args.tokenizer, args.eval_prompts, data_docs=docs,
+            args.kind, args.input, args.tokenizer, args.eval_prompts,
             import_format=args.import_format, existing=args.existing, **opts,
         )  # fmt: skip
     except (DataError, FileNotFoundError) as e:
         print(f"validate {args.kind}: cannot read an input: {e}", file=sys.stderr)
         # The report says so too: a rejected file keeps the reason beside it.
-        write_json(Path(opts["report_dir"]) / f"{args.kind}.json", {"success": False, "error": str(e)})
+        write_report(Path(opts["report_dir"]), args.kind, {"kind": args.kind, "success": False, "error": str(e)})
         return 2
     except ValidationFailed as e:
         print(e.report.summary(), file=sys.stderr)

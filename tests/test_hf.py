@@ -191,7 +191,6 @@ def test_stages_run_on_a_local_hf_model(root):
             block_size=160,
             min_rows=min_rows,
             report_dir=root / "reports/validation",
-            data_docs=False,
         )
 
     assert gate("demos", "data/prepared/demos.jsonl", 10).success

@@ -123,7 +123,7 @@ def test_a_labeler_ranks_skips_and_the_export_passes_the_gate(tmp_path: Path) ->
     pairs = import_preferences(out["file"])
     report = validate(
         "preferences", pairs, ChatTokenizer.load(tokenizer_file(tmp_path)), 128, {"What is the capital of France?"},
-        tmp_path / "reports", min_rows=1, data_docs=False, source=out["file"],
+        tmp_path / "reports", min_rows=1, source=out["file"],
     )  # fmt: skip
     assert report.success, report.summary()
     assert report.n_rows == 4 * 6

@@ -55,7 +55,6 @@ def test_stages_run_in_order(root):
         block_size=160,
         min_rows=10,
         report_dir=root / "reports/validation",
-        data_docs=False,
     )
     pretrain.run(params)
     m_sft = sft.run(params)

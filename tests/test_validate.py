@@ -121,8 +121,8 @@ CLEAN = {"demos": demos, "preferences": pairs}
 CASES = [(kind, name) for kind in CLEAN for name in corruptions(kind)]
 
 
-def check(kind: str, df: pd.DataFrame, tok: ChatTokenizer, report_dir: Path, docs: bool = False):
-    return validate(kind, df, tok, BLOCK, EVAL, report_dir, MIN_ROWS, max_prompt_tokens=MAX_PROMPT, data_docs=docs)
+def check(kind: str, df: pd.DataFrame, tok: ChatTokenizer, report_dir: Path):
+    return validate(kind, df, tok, BLOCK, EVAL, report_dir, MIN_ROWS, max_prompt_tokens=MAX_PROMPT)
 
 
 @pytest.mark.parametrize("kind", sorted(CLEAN))
@@ -131,14 +131,14 @@ def test_every_check_has_its_corruption(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(CLEAN))
-def test_clean_data_passes_and_writes_report_and_docs(tok: ChatTokenizer, tmp_path: Path, kind: str) -> None:
-    report = check(kind, CLEAN[kind](), tok, tmp_path, docs=True)
+def test_clean_data_passes_and_writes_report_and_page(tok: ChatTokenizer, tmp_path: Path, kind: str) -> None:
+    report = check(kind, CLEAN[kind](), tok, tmp_path)
     assert report.success, report.summary()
     assert report.skipped == []  # the fixtures carry every optional column, so every check ran
     assert len(report.outcomes) == len(corruptions(kind))
     saved = json.loads((tmp_path / f"{kind}.json").read_text())
     assert saved["success"] and saved["suite"] == report.suite
-    assert (tmp_path / f"{kind}_docs" / "index.html").is_file()
+    assert report.page == str(tmp_path / f"{kind}.html") and (tmp_path / f"{kind}.html").is_file()
 
 
 @pytest.mark.parametrize(("kind", "name"), CASES, ids=[f"{k}-{n}" for k, n in CASES])
@@ -173,7 +173,6 @@ def test_run_reads_files_and_raises_with_the_report(tok: ChatTokenizer, tmp_path
             block_size=BLOCK,
             min_rows=MIN_ROWS,
             report_dir=tmp_path / "r",
-            data_docs=False,
         )
     (failed,) = e.value.report.failed
     assert failed.name == "labeler_temperature_positive" and failed.samples[0]["row"] == 1  # Parquet row 1
@@ -226,7 +225,7 @@ def test_passing_cli_exits_zero(tok: ChatTokenizer, tmp_path: Path, monkeypatch:
     monkeypatch.chdir(work)
     assert main(["demos", *args]) == 0
     assert json.loads((work / "reports" / "demos.json").read_text())["success"]
-    assert (work / "reports" / "demos_docs" / "index.html").is_file()
+    assert (work / "reports" / "demos.html").is_file()
 
 
 def gate_inputs(tok: ChatTokenizer, where: Path) -> tuple[Path, Path]:
@@ -247,7 +246,7 @@ def test_an_imported_file_is_reported_by_its_own_lines(tok: ChatTokenizer, tmp_p
     hh.write_text("\n" + "".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValidationFailed) as e:
         run("preferences", hh, *gate_inputs(tok, tmp_path), block_size=BLOCK, report_dir=tmp_path / "r",
-            data_docs=False, import_format="auto")  # fmt: skip
+            import_format="auto")  # fmt: skip
     (failed,) = e.value.report.failed
     assert failed.name == "chosen_differs_from_rejected" and [s["line"] for s in failed.samples] == [4]
     assert str(hh) in e.value.report.summary() and '"line": 4' in e.value.report.summary()
@@ -265,12 +264,12 @@ def test_pairs_already_accepted_or_contradicted_are_rejected_by_line(tok: ChatTo
     file.write_text("".join(json.dumps(r) + "\n" for r in new))
     inputs = gate_inputs(tok, tmp_path)
     with pytest.raises(ValidationFailed) as e:
-        run("preferences", file, *inputs, block_size=BLOCK, report_dir=tmp_path / "r", data_docs=False,
+        run("preferences", file, *inputs, block_size=BLOCK, report_dir=tmp_path / "r",
             import_format="trl", existing=[accepted])  # fmt: skip
     failed = {o.name: [s["line"] for s in o.samples] for o in e.value.report.failed}
     assert failed == {"not_in_existing": [2], "no_conflicting_pair": [3]}
     file.write_text(json.dumps(new[0]) + "\n")
-    report = run("preferences", file, *inputs, block_size=BLOCK, report_dir=tmp_path / "r", data_docs=False,
+    report = run("preferences", file, *inputs, block_size=BLOCK, report_dir=tmp_path / "r",
                  import_format="trl", existing=[accepted])  # fmt: skip
     assert report.success and {"not_in_existing", "no_conflicting_pair"} <= {o.name for o in report.outcomes}
 
