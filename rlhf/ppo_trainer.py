@@ -71,7 +71,7 @@ class PPOConfig:
     """longest response"""
     temperature: float = 1.0
     """rollout temperature; training divides logits by the same value"""
-    kl_coef: float = 0.05
+    kl_coef: float = 0.1
     """β, the initial value when adaptive"""
     adaptive_kl: bool = False
     """Ziegler et al.'s controller instead of a fixed β"""
