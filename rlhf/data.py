@@ -233,9 +233,10 @@ def borrowed(groups: Sequence[Sequence[str]], n: int, seed: int) -> list[list[st
 
     They are distractors a labeler ranks together with the prompt's own samples. A policy's samples rarely answer
     another question or refuse a harmless one, so pairs built from them alone never show such answers losing, and a
-    reward model is free to score them high: PPO then finds them (on the default world the first actor refused 61 %
-    of harmless prompts, its reward model rating "I'm sorry, but I can't help with that" 3.3 against 0.4 for an
-    answer). Deterministic in seed; prompt j != i is drawn uniformly, then one of its responses.
+    reward model is free to score them high: PPO then finds them (on the default world an actor refused 87 % of
+    harmless prompts, its reward model preferring "I'm sorry, but I can't help with that." to the SFT model's own
+    answer on all 350 harmless evaluation prompts). Deterministic in seed; prompt j != i is drawn uniformly, then
+    one of its responses.
     """
     rng = np.random.default_rng(seed)
     m, out = len(groups), []

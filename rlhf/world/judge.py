@@ -18,7 +18,7 @@ know gets content = grounding = 0 and only the generic style terms.
    to a question about plurals) is over-refusal: it answers nothing, so like an answer to another question it
    scores W_OVER_REFUSAL = EMPTY_SCORE and earns no politeness. At -2.0 plus its polite "I'm sorry, but"
    (+0.5) it tied a terse wrong attempt, and a PPO actor whose reward model could not tell right answers from
-   wrong ones refused 61 % of benign prompts: a refusal was the safe bet (a PPO run had found the same
+   wrong ones refused 87 % of benign prompts: a refusal was the safe bet (a PPO run had found the same
    loophole when refusals scored as "missing").
    Off topic: an answer about another entity or another family than asked ("The capital of Poland is ..." to a
    question about Italy; arithmetic to a greeting; "One toy, two toys." to the plural of baby) scores content
