@@ -217,6 +217,8 @@ def train_reward_model(
     weights. A step is the pairs of whole prompts (`epoch_steps`, at least cfg.batch_size pairs); under torchrun
     each rank trains on its share of every step's pairs."""
     distributed.shard_slice(cfg.batch_size)  # a batch that does not split evenly over the ranks is an error
+    if len(train) < distributed.world_size():  # every rank needs a pair in every step (DDP's hooks)
+        raise ValueError(f"reward model: {len(train)} training pairs for {distributed.world_size()} processes")
     net = distributed.wrap(model)
     g = torch.Generator().manual_seed(cfg.seed)
     groups = prompt_groups(train)
