@@ -37,11 +37,11 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from rlhf.checkpoint import load_model  # noqa: E402
+from rlhf.padding import right_pad  # noqa: E402
 from rlhf.ppo import logprobs_from_logits  # noqa: E402
 from rlhf.reward import (  # noqa: E402
     encode_pairs,
     margins,
-    pair_batch,
     split,
 )
 from rlhf.tokenizer import ChatTokenizer  # noqa: E402
@@ -56,7 +56,7 @@ def mean_logprob(sft: torch.nn.Module, prompt_lens: list[int], seqs: list[list[i
     out = []
     for i in range(0, len(seqs), 128):
         chunk = seqs[i : i + 128]
-        ids, _ = pair_batch(chunk, [], pad_id)
+        ids, _ = right_pad(chunk, pad_id)
         logp = logprobs_from_logits(sft(ids)[:, :-1].float(), ids[:, 1:])  # (B, T-1)
         out += [logp[j, prompt_lens[i + j] - 1 : len(s) - 1].mean().item() for j, s in enumerate(chunk)]
     return np.array(out)

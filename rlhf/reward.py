@@ -70,9 +70,14 @@ class Pairs:
         return len(self.chosen)
 
 
+def pair_nll(m: torch.Tensor) -> torch.Tensor:
+    """Margins r_chosen − r_rejected (B,) -> each pair's -log σ(m) (B,), computed stably."""
+    return -F.logsigmoid(m)
+
+
 def bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
     """(B,), (B,) -> mean of -log σ(r_chosen − r_rejected), computed stably."""
-    return -F.logsigmoid(r_chosen - r_rejected).mean()
+    return pair_nll(r_chosen - r_rejected).mean()
 
 
 def encode_pairs(
@@ -101,11 +106,6 @@ def split(df: pd.DataFrame, val_frac: float) -> tuple[pd.DataFrame, pd.DataFrame
     reward model and DPO hold out the very same prompts."""
     held = df["prompt"].map(lambda p: zlib.crc32(p.encode()) % 10_000 < val_frac * 10_000)
     return df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
-
-
-def pair_batch(chosen: list[list[int]], rejected: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """B pairs -> ids (2B, T) and mask (2B, T), right-padded: rows 0..B-1 chosen, B..2B-1 rejected."""
-    return right_pad(chosen + rejected, pad_id)
 
 
 def pair_wins(m: torch.Tensor) -> torch.Tensor:
@@ -193,12 +193,12 @@ def evaluate_pairs(model: ScalarHeadModel, pairs: Pairs, pad_id: int, runtime: R
     if distributed.is_distributed():
         part = distributed.split_slice(len(pairs))
         m = margins(model, Pairs(pairs.chosen[part], pairs.rejected[part]), pad_id, runtime=runtime)
-        sums = torch.stack([-F.logsigmoid(m).sum(), pair_wins(m).sum(), m.sum(), torch.tensor(len(m))])
+        sums = torch.stack([pair_nll(m).sum(), pair_wins(m).sum(), m.sum(), torch.tensor(len(m))])
         loss, correct, margin, n = distributed.all_reduce_sum(sums.double()).tolist()
         return {"loss": loss / n, "accuracy": correct / n, "margin": margin / n}
     m = margins(model, pairs, pad_id, runtime=runtime)
     return {
-        "loss": float(-F.logsigmoid(m).mean()),
+        "loss": float(pair_nll(m).mean()),
         "accuracy": float(pair_wins(m).mean()),
         "margin": float(m.mean()),
     }
@@ -239,7 +239,7 @@ def train_reward_model(
         # Shares differ by one pair at most; weighting each rank's sum by W/N makes DDP's gradient average (and the
         # mean of the logged values over ranks) the whole batch's mean.
         weight = distributed.world_size() / len(batch)
-        loss = -F.logsigmoid(m).sum() * weight
+        loss = pair_nll(m).sum() * weight
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 from rlhf.model import GPT, GPTConfig, ScalarHeadModel
-from rlhf.reward import Pairs, RMConfig, bt_loss, evaluate_pairs, pair_batch, train_reward_model
+from rlhf.padding import right_pad
+from rlhf.reward import Pairs, RMConfig, bt_loss, evaluate_pairs, train_reward_model
 
 
 def test_bt_loss_equals_float64_reference():
@@ -18,8 +19,8 @@ def test_bt_loss_equals_float64_reference():
     assert float(bt_loss(torch.tensor([-200.0]), torch.tensor([0.0]))) == 200.0
 
 
-def test_pair_batch_scores_both_sides_in_one_pass():
-    ids, mask = pair_batch([[5, 6, 7]], [[5, 8]], pad_id=0)
+def test_sequences_are_right_padded_and_masked():
+    ids, mask = right_pad([[5, 6, 7], [5, 8]], pad_id=0)  # rows of unequal length: pads on the right, masks them
     assert ids.tolist() == [[5, 6, 7], [5, 8, 0]] and mask.tolist() == [[1, 1, 1], [1, 1, 0]]
 
 
