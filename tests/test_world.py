@@ -102,10 +102,11 @@ def test_eval_phrasings_are_held_out_everywhere_and_the_corpus_states_every_fact
     assert evals <= held and {f for f, _ in evals} == set(FAMILIES)
     for name in ("demos.jsonl", "prompts_pref.jsonl", "prompts_ppo.jsonl"):
         assert not phrasings(read_jsonl(world / name)) & held, name
-    assert all(
-        len(ents) == min(SMALL.entities_per_family, len(FAMILIES[f].entities()))
-        for f, ents in stats["entities"].items()
-    )
+    # the budget counts facts: an antonym pair holds two, so that family uses half as many entities
+    for f, ents in stats["entities"].items():
+        facts = FAMILIES[f].facts_per_entity
+        assert len(ents) == min(SMALL.entities_per_family // facts, len(FAMILIES[f].entities())), f
+    assert FAMILIES["antonyms"].facts_per_entity == 2 and FAMILIES["capitals"].facts_per_entity == 1
     corpus = (world / "corpus.txt").read_text()
     for family, entity in active:
         assert FAMILIES[family].fact(entity, None) in corpus, (family, entity)
@@ -274,6 +275,26 @@ def test_an_answer_to_another_question_is_worth_no_more_than_no_answer(
     right = {"Tell me the plural of baby.": "One baby, two babies.", "Hi there, my name is Felix.": "Hello Felix!"}
     if prompt in right:
         assert judge.on_topic(task, right[prompt]) and score(prompt, "Sure! " + right[prompt]) > 2
+
+
+@pytest.mark.parametrize(
+    ("response", "verdict"),
+    [
+        ("The opposite of above is below.", "correct"),
+        ("Below is the opposite of above.", "correct"),
+        ("The opposite of below is above.", "correct"),  # the asked pair, read the other way round: still true
+        ("Above is the opposite of below.", "correct"),
+        ("Above and below are opposites.", "correct"),
+        ("The opposite of above is above.", "missing"),  # the asked word copied into the answer's place
+        ("Sharp is the opposite of above.", "wrong"),  # on topic, another word as the answer
+        ("The opposite of sink is float.", "off_topic"),  # a true pair, but not the one asked about
+        ("Dull is the opposite of dull.", "off_topic"),
+    ],
+)
+def test_an_antonym_answer_states_the_asked_pair_in_either_order(response: str, verdict: str) -> None:
+    for prompt in ("What is the opposite of above?", "What is the antonym of above?"):
+        task = parse_prompt(prompt)
+        assert task is not None and judge.content_verdict(task, "Sure! " + response) == verdict
 
 
 def test_content_batch_reports_correct_and_on_topic_per_family() -> None:

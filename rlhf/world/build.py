@@ -84,12 +84,18 @@ class WorldConfig:
 
 
 def active_entities(seed: int, per_family: int) -> dict[str, list[str]]:
-    """Per family: the entities this world uses, a seeded choice of `per_family` (all of them when 0)."""
+    """Per family: the entities this world uses, a seeded choice holding `per_family` facts (all when 0).
+
+    Facts, not entities: an antonym pair states two (hot -> cold, cold -> hot), and with 24 pairs the model had
+    48 opposites to learn against 24 capitals; the 564fb91 run's SFT answered 16% of antonym questions right
+    against 72% of capital ones (the judge of this commit, rlhf/world/words.py).
+    """
     active = {}
     for name, family in FAMILIES.items():
         entities = sorted(family.entities())
         random.Random(f"{seed}/entities/{name}").shuffle(entities)
-        active[name] = sorted(entities[:per_family] if per_family else entities)
+        n = max(1, per_family // family.facts_per_entity)
+        active[name] = sorted(entities[:n] if per_family else entities)
     return active
 
 

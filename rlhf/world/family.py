@@ -118,6 +118,9 @@ class Family:
     """Words of a complete, concise answer; the judge penalises length beyond it."""
     polite_opener: bool = True
     """Whether a careful labeler opens with "Sure!" (refusals and greetings open in their own way)."""
+    facts_per_entity: int = 1
+    """Distinct facts an entity holds (an antonym pair: two, one per direction); a world's per-family budget
+    counts facts, so a pair family uses half as many entities."""
 
     def __init__(self) -> None:
         self._patterns = [(compile_template(t), const) for t, const in self.specs()]

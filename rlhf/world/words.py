@@ -15,12 +15,18 @@ from rlhf.world.family import Family, Task, Verdict, capitalize, found, mentions
 _ANTONYM_OF = {a: b for pair in tb.ANTONYMS for a, b in (pair, pair[::-1])}
 _ANTONYM_PAIR = {w: f"{pair[0]}/{pair[1]}" for pair in tb.ANTONYMS for w in pair}
 _ALL_ANTONYMS = sorted(_ANTONYM_OF)
-_OPPOSITE_OF = re.compile(r" (?:opposite|antonym) of (\w+) ")
+# The words a sentence sets as opposites: "the opposite of A is B", "B is the opposite of A", "A and B are
+# opposites". Lookaheads, so that one sentence's words never consume the next one's.
+_OPPOSITES = re.compile(
+    r" (?:opposite|antonym) of (\w+)(?= )(?: is (?:the )?(\w+)(?= ))?"
+    r"| (\w+) is the (?:opposite|antonym) of (\w+)(?= )| (\w+) and (\w+) are (?:opposites|antonyms)(?= )"
+)
 _PLURAL_SUBJECT = re.compile(r" (?:plural of|plural form of|one) (\w+) ")
 
 
 class Antonyms(Family):
     name = "antonyms"
+    facts_per_entity = 2
     templates = (
         "What is the opposite of {word}?",
         "What's the opposite of {word}?",
@@ -28,6 +34,9 @@ class Antonyms(Family):
         "Give me the opposite of {word}.",
         "Which word means the opposite of {word}?",
         "Tell me the opposite of {word}.",
+        "What's the antonym of {word}?",
+        "Name the opposite of {word}.",
+        "Do you know the opposite of {word}?",
     )
 
     def entities(self) -> list[str]:
@@ -60,7 +69,12 @@ class Antonyms(Family):
         return mentions(normalize(response), task.get("word"))
 
     def subjects(self, response: str, asked: Task) -> set[str]:
-        return set(_OPPOSITE_OF.findall(normalize(response)))
+        # Both words of each stated pair: opposition is symmetric, so "The opposite of below is above" answers
+        # "What is the opposite of above?" (it states the asked pair, read the other way round), while "The
+        # opposite of sink is strong" to a question about float is about other words. (Reading only the word
+        # after "opposite of" as the subject called the first off topic: 13 of 96 greedy SFT answers to
+        # held-out antonym prompts in the 564fb91 run stated the right pair that way.)
+        return {w for m in _OPPOSITES.findall(normalize(response)) for w in m if w}
 
     def subject(self, task: Task) -> str:
         return task.get("word")
