@@ -118,21 +118,34 @@ def reference_logps(
     idx: list[int],
     pad_id: int,
     average: bool = False,
-    batch_size: int = 64,
+    batch_size: int = 128,
     runtime: Runtime = CPU,
     progress: str | None = None,
 ) -> torch.Tensor:
     """(N, 2) chosen/rejected log-probs of pairs `idx` (fp32, CPU): row k belongs to pair idx[k]. With a
-    `progress` name, a progress line (rate, ETA) on the main process."""
+    `progress` name, a progress line (rate, ETA) on the main process.
+
+    Each distinct sequence is scored once, in batches of `batch_size` sequences of similar length: the K
+    responses of a prompt make K(K-1)/2 pairs, so a pair-by-pair pass scored each response K-1 times (and padded
+    every batch to its longest row). Another batch layout rounds differently, so the log-probs match a
+    pair-by-pair pass to float tolerance, not bit for bit.
+    """
     model.eval()
-    out = [torch.zeros(0, 2)]
-    shown = Progress(progress or "", len(idx), unit="pair", enabled=bool(progress) and distributed.is_main())
-    for i in range(0, len(idx), batch_size):
+    rows: dict[tuple[int, tuple[int, ...]], int] = {}  # (prompt length, sequence) -> row of the pass
+    for i in idx:
+        for seq in (pairs.chosen[i], pairs.rejected[i]):
+            rows.setdefault((pairs.n_prompt[i], tuple(seq)), len(rows))
+    keys = sorted(rows, key=lambda k: len(k[1]))
+    flat = torch.zeros(len(keys))
+    shown = Progress(progress or "", len(keys), unit="sequence", enabled=bool(progress) and distributed.is_main())
+    for j in range(0, len(keys), batch_size):
+        chunk = keys[j : j + batch_size]
         with runtime.autocast():
-            c, r = pair_logps(model, pairs, idx[i : i + batch_size], pad_id, average)
-        out.append(torch.stack([c, r], 1).float().cpu())
-        shown.update(len(out[-1]))
-    return torch.cat(out)
+            logps = sequence_logps(model, [list(s) for _, s in chunk], [n for n, _ in chunk], pad_id, average)
+        flat[[rows[k] for k in chunk]] = logps.float().cpu()
+        shown.update(len(chunk))
+    at = [[rows[(pairs.n_prompt[i], tuple(seq))] for seq in (pairs.chosen[i], pairs.rejected[i])] for i in idx]
+    return flat[torch.tensor(at, dtype=torch.long).reshape(-1, 2)]
 
 
 @torch.no_grad()

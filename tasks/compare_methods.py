@@ -44,9 +44,10 @@ def run(params: dict) -> dict:
     p = Params(params)
     conf = configure(p)
     with torch.no_grad(), lifecycle("compare_methods", p, conf.runtime, ddp=False) as ctx:
-        eval_dpo = evaluate.evaluate(conf, ctx, "models/dpo", "models/sft", f"{OUT}/dpo_vs_sft")
+        samples: dict = {}  # DPO's samples serve both comparisons
+        eval_dpo = evaluate.evaluate(conf, ctx, "models/dpo", "models/sft", f"{OUT}/dpo_vs_sft", samples)
         write_json(path("metrics/eval_dpo.json"), eval_dpo)
-        head = evaluate.evaluate(conf, ctx, "models/ppo/actor", "models/dpo", f"{OUT}/ppo_vs_dpo")
+        head = evaluate.evaluate(conf, ctx, "models/ppo/actor", "models/dpo", f"{OUT}/ppo_vs_dpo", samples)
     return summarise(eval_dpo, head)
 
 

@@ -145,9 +145,17 @@ def run(params: dict, candidate: str | None = None, baseline: str | None = None,
         return evaluate(conf, ctx, candidate, baseline, out)
 
 
-def evaluate(conf: Config, ctx: Context, candidate: str | None, baseline: str | None, out: str | None) -> dict:
+def evaluate(
+    conf: Config,
+    ctx: Context,
+    candidate: str | None,
+    baseline: str | None,
+    out: str | None,
+    reuse: dict[Path, PolicySamples] | None = None,
+) -> dict:
     """Candidate against baseline on the evaluation prompts, written to `out` (default: reports/eval, with the
-    over-optimisation curve and metrics/eval.json); logged to the stage's run."""
+    over-optimisation curve and metrics/eval.json); logged to the stage's run. `reuse`, shared by the calls of one
+    stage (same `conf`), keeps each checkpoint's judged samples, so a policy compared twice is sampled once."""
     cfg, rt, tr = conf.eval, ctx.rt, ctx.tracker
     cand_dir, base_dir = path(candidate or cfg.candidate), path(baseline or cfg.baseline)
     default_run = out is None
@@ -160,14 +168,15 @@ def evaluate(conf: Config, ctx: Context, candidate: str | None, baseline: str | 
     families = dict(zip(ids, df["family"], strict=True)) if "family" in df.columns else None
     judges = judges_for(conf.judge, tok, rt)
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-    policies = {}
+    memo = {} if reuse is None else reuse
     with rt.autocast():
-        for name, d in (("candidate", cand_dir), ("baseline", base_dir)):
-            model = load_model(d, "gpt").to(rt.device)
-            policies[name] = sample_policy(model, tok, prompts, ids, sampling, cfg.n_samples, cfg.seed, ref)
-            judge_samples(policies[name], judges)
-            if name == "candidate":
-                kl = kl_at_temperature_one(model, tok, ref, prompts, ids, cfg)
+        for d in (cand_dir, base_dir):
+            if d not in memo:  # one checkpoint, prompts, decoding and seed: the same samples, so sampled once
+                model = load_model(d, "gpt").to(rt.device)
+                memo[d] = sample_policy(model, tok, prompts, ids, sampling, cfg.n_samples, cfg.seed, ref)
+                judge_samples(memo[d], judges)
+        policies = {"candidate": memo[cand_dir], "baseline": memo[base_dir]}
+        kl = kl_at_temperature_one(load_model(cand_dir, "gpt").to(rt.device), tok, ref, prompts, ids, cfg)
         curve = overoptimization(cfg, tok, ref, judges, prompts, ids, rt) if default_run else []
     cand, base = policies["candidate"], policies["baseline"]
     results = {j: compare(cand, base, j, families, cfg.n_boot, cfg.seed) for j in judges}

@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from rlhf.dpo import DPOConfig, dpo_loss, evaluate_dpo, response_logps, sequence_logps, train_dpo
+from rlhf.dpo import (
+    DPOConfig,
+    dpo_loss,
+    evaluate_dpo,
+    pair_logps,
+    reference_logps,
+    response_logps,
+    sequence_logps,
+    train_dpo,
+)
 from rlhf.lm_data import sft_batch
 from rlhf.model import GPT
 from rlhf.reward import Pairs
@@ -84,6 +93,41 @@ def test_appending_padding_does_not_change_a_sequence_logp(tiny_cfg):
     with torch.no_grad():
         mean = sequence_logps(model, [seq], [4], pad_id=0, average=True)
     assert torch.allclose(mean * 3, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_reference_pass_scores_each_distinct_response_once_and_matches_pair_by_pair(tiny_cfg, average):
+    """Ranked data: each prompt's K responses make K(K-1)/2 pairs. The pass scores the distinct sequences only,
+    in another batch layout than pair by pair, so the values agree to float tolerance."""
+    torch.manual_seed(0)
+    model = GPT(tiny_cfg).eval()
+    g = torch.Generator().manual_seed(3)
+
+    def tokens(lo: int, hi: int) -> list[int]:
+        return torch.randint(10, 60, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()
+
+    pairs = Pairs([], [])
+    for _ in range(5):  # 5 prompts x 4 responses of random lengths = 30 pairs over 20 distinct sequences
+        head = [2, *tokens(2, 9), 3]
+        resp = [[*tokens(1, 12), 1] for _ in range(4)]
+        for a in range(4):
+            for b in range(a + 1, 4):
+                pairs.chosen.append(head + resp[a])
+                pairs.rejected.append(head + resp[b])
+                pairs.n_prompt.append(len(head))
+    idx = [7, 0, 29, 3, 3, 12]  # any order, repeats allowed
+    calls = []
+    original = model.forward
+    model.forward = lambda x, *a, **k: calls.append(len(x)) or original(x, *a, **k)
+    got = reference_logps(model, pairs, idx, pad_id=0, average=average, batch_size=4)
+    distinct = {tuple(s) for i in idx for s in (pairs.chosen[i], pairs.rejected[i])}
+    assert sum(calls) == len(distinct) < 2 * len(idx)
+    model.forward = original
+    with torch.no_grad():
+        c, r = pair_logps(model, pairs, idx, pad_id=0, average=average)
+    assert got.shape == (len(idx), 2)
+    assert torch.allclose(got, torch.stack([c, r], 1), atol=1e-5)
+    assert reference_logps(model, pairs, [], pad_id=0).shape == (0, 2)
 
 
 def toy_pairs(n: int, seed: int) -> Pairs:

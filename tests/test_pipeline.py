@@ -25,7 +25,7 @@ def _params():
     return load_params()
 
 
-def test_stages_run_in_order(root):
+def test_stages_run_in_order(root, monkeypatch):
     from tasks import (
         compare_methods,
         dpo,
@@ -92,7 +92,15 @@ def test_stages_run_in_order(root):
     assert ev["kl"] >= -0.5 and "kl_eval_temperature" in ev and ev["kl"] != ev["kl_eval_temperature"]
     assert {"reward_mean", "reward_std"} <= set(m_ppo)
     assert (root / "reports/eval/report.md").read_text().startswith("# Evaluation report")
+    sampled = []  # checkpoints compare_methods samples: DPO once, though both of its comparisons use it
+    real_sample = evaluate.sample_policy
+    monkeypatch.setattr(evaluate, "sample_policy", lambda m, *a, **k: sampled.append(m) or real_sample(m, *a, **k))
     cmp = compare_methods.run(params)
+    # dpo, sft and ppo once each, and each comparison's candidate at temperature 1 for its KL: 5, not 6
+    assert len(sampled) == 5
+    dpo_side = [json.loads(line) for line in (root / "reports/compare/dpo_vs_sft/samples.jsonl").open()]
+    ppo_side = [json.loads(line) for line in (root / "reports/compare/ppo_vs_dpo/samples.jsonl").open()]
+    assert [r["candidate"] for r in dpo_side] == [r["baseline"] for r in ppo_side]
     ev_dpo = json.loads((root / "metrics/eval_dpo.json").read_text())
     assert set(ev_dpo) == set(ev) and set(ev_dpo["gold"]) == set(ev["gold"])  # the shape of eval.json
     assert cmp["dpo"]["gold"] == ev_dpo["gold"] and cmp["ppo"]["gold"] == ev["gold"]
