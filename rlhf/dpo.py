@@ -12,8 +12,11 @@ masked), from `rlhf.lm_data.sft_batch` (the SFT targets: IGNORE on prompt and pa
 The implicit reward of a response is β (log π(y) − log π_ref(y)). The reference's log-probs are computed once
 before training (`reference_logps`): the reference never runs again.
 
+A step takes the pairs of whole prompts, as the reward model's do (`rlhf.reward.epoch_steps`), and scores each
+distinct response once (`grouped_logps`): K ranked responses make up to K(K−1)/2 pairs but K rows of the pass.
+
 Under torchrun (`rlhf.distributed`) each rank trains on its contiguous share of every step's pairs through DDP:
-the loss is a mean over pairs and the shares are equal, so DDP's gradient average is the global batch's gradient.
+the loss is a mean over pairs, each rank's weighted by its share, so DDP's gradient average is the global batch's.
 Held-out pairs are split across ranks and their sums reduced, so every rank takes the same early-stopping decision.
 """
 
@@ -36,7 +39,7 @@ from rlhf.lm_train import LogFn, TrainConfig, lr_at, make_optimizer
 from rlhf.model import GPT, disable_dropout
 from rlhf.ppo import logprobs_from_logits
 from rlhf.progress import Progress
-from rlhf.reward import Pairs, pair_wins
+from rlhf.reward import Pairs, epoch_steps, pair_wins, prompt_groups
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -99,16 +102,6 @@ def sequence_logps(
     logits = model(x).float()  # (B, T, V)
     total, count = response_logps(logprobs_from_logits(logits, y.clamp(min=0)), y)
     return total / count.clamp(min=1) if average else total
-
-
-def pair_logps(
-    model: torch.nn.Module, pairs: Pairs, idx: list[int], pad_id: int, average: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected log-probs (B,), (B,) of pairs `idx`, both sides in one forward pass."""
-    seqs = [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx]
-    n_prompt = [pairs.n_prompt[i] for i in idx] * 2
-    logps = sequence_logps(model, seqs, n_prompt, pad_id, average)
-    return logps[: len(idx)], logps[len(idx) :]
 
 
 @torch.no_grad()
@@ -184,7 +177,7 @@ class DPOConfig:
     steps: int
     """optimizer steps at most (early stopping may end sooner)"""
     batch_size: int = 32
-    """pairs per step"""
+    """pairs per step at least: a step takes all pairs of whole prompts (rlhf.reward.epoch_steps)"""
     lr: float
     """peak learning rate"""
     warmup_steps: int = 10
@@ -219,12 +212,30 @@ class DPOConfig:
             raise ValueError("dpo.label_smoothing applies to the sigmoid loss only")
 
 
-def batch_order(n: int, cfg: DPOConfig, step: int) -> list[int]:
-    """The pairs of a step: shuffled epochs seeded by (seed, epoch), a pure function of the step (resume)."""
-    per_epoch = max(1, n // cfg.batch_size)
-    epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=_generator(cfg.seed, epoch))
-    return perm[k * cfg.batch_size : (k + 1) * cfg.batch_size].tolist()
+def batch_order(groups: list[list[int]], cfg: DPOConfig, step: int) -> list[int]:
+    """The pairs of a step: whole prompts (`rlhf.reward.epoch_steps`, at least cfg.batch_size pairs), epochs
+    shuffled by (seed, epoch); a pure function of the step, so a resumed run takes the same batches."""
+    epoch = 0
+    while True:
+        plan = epoch_steps(groups, cfg.batch_size, _generator(cfg.seed, epoch))
+        if step < len(plan):
+            return plan[step]
+        step, epoch = step - len(plan), epoch + 1
+
+
+def grouped_logps(
+    model: torch.nn.Module, pairs: Pairs, idx: list[int], pad_id: int, average: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected log-probs (B,), (B,) of pairs `idx`, with gradients, each distinct sequence in one
+    row of one forward pass: a step of whole prompts has K responses per prompt but up to K(K-1)/2 pairs."""
+    rows: dict[tuple[int, tuple[int, ...]], int] = {}
+    for i in idx:
+        for seq in (pairs.chosen[i], pairs.rejected[i]):
+            rows.setdefault((pairs.n_prompt[i], tuple(seq)), len(rows))
+    logps = sequence_logps(model, [list(s) for _, s in rows], [n for n, _ in rows], pad_id, average)  # (U,)
+    at = [[rows[(pairs.n_prompt[i], tuple(seq))] for seq in (pairs.chosen[i], pairs.rejected[i])] for i in idx]
+    at_t = torch.tensor(at, dtype=torch.long, device=logps.device).reshape(-1, 2)
+    return logps[at_t[:, 0]], logps[at_t[:, 1]]
 
 
 def train_dpo(
@@ -253,7 +264,10 @@ def train_dpo(
     distributed.shard_slice(cfg.batch_size)  # a batch that does not split evenly over the ranks is an error
     disable_dropout(model)  # the policy's log-probs must be the same function as the reference's (TRL does too)
     average = cfg.loss_type == "ipo"  # see dpo_loss: IPO on per-token means
-    visited = sorted({i for s in range(cfg.steps) for i in batch_order(len(train), cfg, s)})
+    if len(train) < distributed.world_size():  # every rank needs a pair in every step (DDP's hooks)
+        raise ValueError(f"dpo: {len(train)} training pairs for {distributed.world_size()} processes")
+    groups = prompt_groups(train)
+    visited = sorted({i for s in range(cfg.steps) for i in batch_order(groups, cfg, s)})
     ref_train = torch.full((len(train), 2), math.nan)
     every = [(train, visited), (val, list(range(len(val))))]
     ref_train[visited], ref_val = (
@@ -279,18 +293,23 @@ def train_dpo(
         model.train()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, schedule)
-        idx = distributed.shard(batch_order(len(train), cfg, step))  # this rank's pairs of the step's batch
+        batch = batch_order(groups, cfg, step)
+        idx = batch[distributed.split_slice(len(batch))]  # this rank's pairs of the step's batch
         with runtime.autocast():
-            pc, pr = pair_logps(net, train, idx, pad_id, average)
+            pc, pr = grouped_logps(net, train, idx, pad_id, average)
         ref = ref_train[idx].to(device)
         loss, st = dpo_loss(pc.float(), pr.float(), ref[:, 0], ref[:, 1], cfg.beta, cfg.label_smoothing, cfg.loss_type)
+        # Shares differ by one pair at most; weighting each rank's mean by its share times W makes DDP's gradient
+        # average (and the mean of the logged values over ranks) the whole batch's mean.
+        weight = len(idx) * distributed.world_size() / len(batch)
+        loss, st = loss * weight, {k: v * weight for k, v in st.items()}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         metrics = {"dpo/loss": loss.item(), "dpo/lr": lr_at(step, schedule)}
         metrics |= {f"dpo/train_{k}": v for k, v in st.items()}
-        metrics = distributed.all_reduce_mean(metrics)  # equal shares: the mean over ranks is the batch's
+        metrics = distributed.all_reduce_mean(metrics)  # weighted shares: the mean over ranks is the batch's
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             ev = evaluate_dpo(model, val, ref_val, cfg.beta, pad_id, cfg.label_smoothing, cfg.loss_type, runtime)

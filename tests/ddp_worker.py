@@ -27,14 +27,14 @@ from safetensors.torch import save_file
 import rlhf.lora
 from rlhf import distributed, ppo
 from rlhf.checkpoint import write_model
-from rlhf.dpo import DPOConfig, train_dpo
+from rlhf.dpo import DPOConfig, batch_order, train_dpo
 from rlhf.lm_data import EpochSampler
 from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.lora import LoRAConfig, set_gradient_checkpointing, trainee
 from rlhf.model import GPT, GPTConfig, ScalarHeadModel
 from rlhf.ppo_run import RunOptions, train_ppo
 from rlhf.ppo_trainer import PPOConfig, PPOState, learn, make_state
-from rlhf.reward import Pairs, RMConfig, train_reward_model
+from rlhf.reward import Pairs, RMConfig, prompt_groups, train_reward_model
 from rlhf.rollout import Rollout, policy_forward, value_forward
 from rlhf.tokenizer import train_tokenizer
 
@@ -130,14 +130,21 @@ def rm_scenario(workdir: Path) -> Result:
 
 
 def dpo_scenario(workdir: Path, lora: bool = False) -> Result:
-    """Two DPO steps on 4 pairs each (unequal lengths and prompts); 5 held-out pairs (split 2/3 over two ranks)
+    """Two DPO steps of whole prompts, 2 pairs at least (unequal lengths; the first three training pairs share
+    one prompt, so the first step is those 3 pairs, split 1/2 over two ranks); 5 held-out pairs (split 2/3)
     evaluated every step; a reference unlike the policy, so the first step's loss is not log 2. With LoRA the
     reference is the policy's adapter off (tasks/dpo.py), unlike the policy as its adapter's B is not 0."""
     seqs = _sequences(26, seed=3)
     chosen, rejected = seqs[0:8] + seqs[16:21], seqs[8:16] + seqs[21:26]
     n_prompt = [max(2, min(len(c), len(r)) // 3) for c, r in zip(chosen, rejected, strict=True)]
+    shared = [5, 6, 7]
+    for i in range(3):
+        chosen[i], rejected[i], n_prompt[i] = shared + chosen[i], shared + rejected[i], len(shared)
     train, val = Pairs(chosen[:8], rejected[:8], n_prompt[:8]), Pairs(chosen[8:], rejected[8:], n_prompt[8:])
-    cfg = DPOConfig(steps=2, batch_size=4, lr=1e-2, warmup_steps=1, eval_every=1, patience=10, checkpoint_every=1)
+    cfg = DPOConfig(
+        steps=2, batch_size=2, lr=1e-2, warmup_steps=1, eval_every=1, patience=10, checkpoint_every=1, seed=1
+    )
+    assert [len(batch_order(prompt_groups(train), cfg, s)) for s in range(2)] == [3, 2], "the scenario's premise"
     torch.manual_seed(1)
     reference = GPT(CFG)
     torch.manual_seed(0)

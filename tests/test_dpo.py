@@ -9,9 +9,10 @@ import torch
 
 from rlhf.dpo import (
     DPOConfig,
+    batch_order,
     dpo_loss,
     evaluate_dpo,
-    pair_logps,
+    grouped_logps,
     reference_logps,
     response_logps,
     sequence_logps,
@@ -123,11 +124,31 @@ def test_reference_pass_scores_each_distinct_response_once_and_matches_pair_by_p
     distinct = {tuple(s) for i in idx for s in (pairs.chosen[i], pairs.rejected[i])}
     assert sum(calls) == len(distinct) < 2 * len(idx)
     model.forward = original
-    with torch.no_grad():
-        c, r = pair_logps(model, pairs, idx, pad_id=0, average=average)
-    assert got.shape == (len(idx), 2)
-    assert torch.allclose(got, torch.stack([c, r], 1), atol=1e-5)
+    with torch.no_grad():  # pair by pair: both sides of each pair, duplicates and all
+        sides = [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx]
+        each = sequence_logps(model, sides, [pairs.n_prompt[i] for i in idx] * 2, pad_id=0, average=average)
+        grouped = torch.stack(grouped_logps(model, pairs, idx, pad_id=0, average=average), 1)
+    assert got.shape == grouped.shape == (len(idx), 2)
+    assert torch.allclose(got, torch.stack(each.split(len(idx)), 1), atol=1e-5)
+    assert torch.allclose(grouped, got, atol=1e-5)
     assert reference_logps(model, pairs, [], pad_id=0).shape == (0, 2)
+
+
+def test_a_step_takes_whole_prompts_and_an_epoch_every_pair_once():
+    groups = [[0, 1, 2], [3], [4, 5], [6, 7, 8, 9], [10], [11, 12]]
+    cfg = DPOConfig(steps=10, batch_size=4, lr=1e-5, eval_every=5, patience=2, checkpoint_every=0, seed=3)
+    steps = [batch_order(groups, cfg, s) for s in range(10)]
+    assert steps == [batch_order(groups, cfg, s) for s in range(10)]  # a pure function of the step (resume)
+    epoch, seen = [], 0
+    for step in steps:
+        assert len(step) >= cfg.batch_size
+        # every prompt of the step is there whole, its pairs together
+        assert all(any(step[i : i + len(g)] == g for i in range(len(step))) for g in groups if g[0] in step)
+        epoch += step
+        if len(epoch) >= 13:  # the steps of one epoch cover every pair once
+            assert sorted(epoch) == list(range(13))
+            epoch, seen = [], seen + 1
+    assert seen >= 2 and steps[: len(steps) // 2] != steps[len(steps) // 2 :]
 
 
 def toy_pairs(n: int, seed: int) -> Pairs:

@@ -66,7 +66,8 @@ class WorldConfig:
     heldout_frac: float = 0.25
     """fraction of each family's question phrasings held out for evaluation (at least one per operator)"""
     entities_per_family: int = 24
-    """entities each family uses (fewer when it has fewer; 0 = all): fewer facts, each stated more often"""
+    """facts each family states (entities: fewer when it has fewer, half as many pairs for antonyms; 0 = all):
+    fewer facts, each stated more often"""
     styles: StyleMix = field(default_factory=StyleMix)
     """labeler style mixture of the demonstrations"""
 
