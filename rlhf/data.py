@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import torch
 
 from rlhf.tokenizer import find_control
 
@@ -252,6 +254,50 @@ def borrowed(groups: Sequence[Sequence[str]], n: int, seed: int) -> list[list[st
                 if text not in own and text not in picks:
                     picks.append(text)
         out.append(picks)
+    return out
+
+
+def nearest_prompts(prompts: Sequence[str], chunk: int = 256) -> list[int]:
+    """For each prompt, the index of the most alike other prompt (-1 when there is none): the Jaccard similarity of
+    their lowercase word sets, ties to the lowest index. Sparse products over chunks of rows: O(m²) work, but never
+    an m × m matrix."""
+    words = [sorted(set(re.findall(r"\w+", p.lower()))) for p in prompts]
+    m = len(words)
+    if m < 2:
+        return [-1] * m
+    vocab = {w: k for k, w in enumerate(sorted({w for ws in words for w in ws}))}
+    rows = [i for i, ws in enumerate(words) for _ in ws]
+    cols = [vocab[w] for ws in words for w in ws]
+    indices = torch.tensor([rows, cols]).reshape(2, -1)
+    x = torch.sparse_coo_tensor(indices, torch.ones(len(rows)), (m, len(vocab)), check_invariants=True)
+    x = x.coalesce()
+    sizes = torch.tensor([len(ws) for ws in words], dtype=torch.float32)
+    out: list[int] = []
+    for start in range(0, m, chunk):
+        idx = torch.arange(start, min(start + chunk, m))
+        inter = torch.sparse.mm(x, x.index_select(0, idx).to_dense().T).T  # (c, m) shared words
+        sim = inter / (sizes[idx, None] + sizes[None, :] - inter).clamp(min=1)
+        sim[torch.arange(len(idx)), idx] = -1.0  # never itself
+        out += sim.argmax(1).tolist()  # the first of equal maxima
+    return out
+
+
+def near_borrowed(groups: Sequence[Sequence[str]], near: Sequence[int], n: int, seed: int) -> list[list[str]]:
+    """For each prompt i, up to n responses sampled for its most alike prompt near[i] (`nearest_prompts`), none
+    equal to one of prompt i's own: hard distractors.
+
+    An answer to a question that differs in one word ("Calculate 11 - 4." for "Calculate 11 - 1.", a greeting to
+    another name) reads like a right answer; only its subject is wrong. Random `borrowed` answers are mostly of
+    another kind, so they teach a reward model to tell kinds apart but not to check the subject; on the default
+    world a PPO actor then answered 25 of 50 arithmetic questions about other operands (SFT: 16). Deterministic in
+    seed; the responses are drawn without replacement from near[i]'s group.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for own, j in zip(groups, near, strict=True):
+        pool = [t for t in dict.fromkeys(groups[j]) if t not in own] if j >= 0 else []
+        picks = rng.permutation(len(pool))[:n].tolist() if pool else []
+        out.append([pool[k] for k in picks])
     return out
 
 

@@ -92,7 +92,7 @@ RANGES: dict[str, Range] = {
     ),
     **dict.fromkeys(["n_boot", "nproc_per_node", "min_demos", "min_pairs", "max_prompt_tokens"], AT_LEAST_1),
     "k": Range(2),  # a ranking of one response gives no pair
-    "borrowed": Range(0),
+    **dict.fromkeys(["borrowed", "borrowed_near"], Range(0)),
     **dict.fromkeys(["warmup_steps", "checkpoint_every", "snapshot_every", "probe_prompts"], NON_NEGATIVE),
     **dict.fromkeys(["n_prompts", "curve_prompts", "eval_prompts", "seed", "labeler_seed"], NON_NEGATIVE),
     **dict.fromkeys(["n_demos", "n_pref_prompts", "n_ppo_prompts", "n_eval_prompts"], NON_NEGATIVE),

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from rlhf.checkpoint import file_hash, load_model
-from rlhf.data import DataError, borrowed, ranking_to_pairs, read_prompts
+from rlhf.data import DataError, borrowed, near_borrowed, nearest_prompts, ranking_to_pairs, read_prompts
 from rlhf.device import CPU, Runtime
 from rlhf.generate import SamplingConfig, generate_text
 from rlhf.io import atomic_path
@@ -35,6 +35,9 @@ class PreferenceParams:
     borrowed: int
     """responses of other prompts ranked with each prompt's own (rlhf.data.borrowed): off-topic answers and
     refusals of harmless requests then appear in the pairs, losing"""
+    borrowed_near: int
+    """responses of each prompt's most alike prompt ranked with its own (rlhf.data.near_borrowed): answers about
+    another subject of the same kind (other operands, another name) then appear in the pairs, losing"""
     temperature: float
     """sampling temperature of the SFT model"""
     max_new_tokens: int
@@ -51,7 +54,8 @@ class PreferenceParams:
 
 def collect_world(cfg: PreferenceParams, rt: Runtime = CPU) -> tuple[pd.DataFrame, dict]:
     """Sample K responses per prompt from SFT (on the runtime's device and precision), add `borrowed` responses of
-    other prompts, rank each group with the simulated labeler, expand into pairs."""
+    other prompts and `borrowed_near` of the most alike prompt, rank each group with the simulated labeler, expand
+    into pairs."""
     from rlhf.world.judge import score as gold
     from rlhf.world.labeler import SimulatedLabeler
 
@@ -70,7 +74,9 @@ def collect_world(cfg: PreferenceParams, rt: Runtime = CPU) -> tuple[pd.DataFram
     # blank texts, so it is left out of its group (counted in the metrics) rather than written as a pair.
     own = [[r for r in responses[i * cfg.k : (i + 1) * cfg.k] if r.strip()] for i in range(len(texts))]
     empty = len(responses) - sum(map(len, own))
-    groups = [g + b for g, b in zip(own, borrowed(own, cfg.borrowed, cfg.seed), strict=True)]
+    near = near_borrowed(own, nearest_prompts(texts), cfg.borrowed_near, cfg.seed + 1)
+    far = borrowed(own, cfg.borrowed, cfg.seed)
+    groups = [g + b + [t for t in c if t not in b] for g, b, c in zip(own, far, near, strict=True)]
     rows = []
     for pid, prompt, group in zip(prompts["id"], texts, groups, strict=True):
         ranking = labeler.rank(prompt, group)

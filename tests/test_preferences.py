@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from types import SimpleNamespace
 
 import pandas as pd
@@ -20,7 +21,7 @@ def test_empty_samples_are_left_out_and_counted(monkeypatch):
     monkeypatch.setattr(preferences, "generate_text", lambda model, tok, texts, sampling, seed, progress=None: samples)
     from tests.test_params import section_values
 
-    cfg = preferences.PreferenceParams(**{**section_values("preferences"), "k": 3, "borrowed": 0})
+    cfg = preferences.PreferenceParams(**{**section_values("preferences"), "k": 3, "borrowed": 0, "borrowed_near": 0})
     df, stats = preferences.collect_world(cfg)
     assert stats["empty_responses"] == 5
     assert (df["chosen"].str.strip() != "").all() and (df["rejected"].str.strip() != "").all()
@@ -49,7 +50,7 @@ def test_each_prompt_ranks_a_borrowed_answer_and_the_labeler_puts_an_off_topic_o
     monkeypatch.setattr(preferences, "file_hash", lambda p: "hash")
     monkeypatch.setattr(preferences, "generate_text", lambda model, tok, texts, sampling, seed, progress=None: samples)
     cfg = preferences.PreferenceParams(
-        **{**section_values("preferences"), "k": 2, "borrowed": 1, "labeler_temperature": 0.01}
+        **{**section_values("preferences"), "k": 2, "borrowed": 1, "borrowed_near": 0, "labeler_temperature": 0.01}
     )
     df, stats = preferences.collect_world(cfg)
     assert stats["borrowed_responses"] == 3
@@ -60,6 +61,50 @@ def test_each_prompt_ranks_a_borrowed_answer_and_the_labeler_puts_an_off_topic_o
         (text,) = foreign
         if prompt != prompts["prompt"][2]:  # harmless questions: the borrowed answer loses to both own answers
             assert (grp.loc[grp["rejected"] == text, "chosen"].isin(own[prompt])).sum() == 2
+
+
+def test_a_near_borrowed_answer_is_about_the_alike_prompt_and_the_labeler_ranks_it_below_the_right_one(monkeypatch):
+    """borrowed_near = 1: each group gains a response of its most alike prompt; the world's labeler ranks an answer
+    about other operands below the prompt's own right answer."""
+    from tasks import preferences
+    from tests.test_params import section_values
+
+    texts = ["Calculate 11 - 1.", "Calculate 11 - 4.", "Hello, this is Ben.", "Hello, this is Kate."]
+    prompts = pd.DataFrame({"id": list("abcd"), "prompt": texts})
+    samples = ["11 - 1 = 10.", "11 - 4 = 7.", "Hi Ben, nice to meet you!", "Hi Kate, nice to meet you!"]  # k = 1
+    monkeypatch.setattr(preferences, "read_prompts", lambda p: prompts)
+    monkeypatch.setattr(preferences, "load_model", lambda *a, **k: SimpleNamespace(to=lambda device: None))
+    monkeypatch.setattr(preferences, "ChatTokenizer", SimpleNamespace(load=lambda p: None))
+    monkeypatch.setattr(preferences, "file_hash", lambda p: "hash")
+    monkeypatch.setattr(preferences, "generate_text", lambda model, tok, texts, sampling, seed, progress=None: samples)
+    cfg = preferences.PreferenceParams(
+        **{**section_values("preferences"), "k": 1, "borrowed": 0, "borrowed_near": 1, "labeler_temperature": 0.01}
+    )
+    df, stats = preferences.collect_world(cfg)
+    assert stats["borrowed_responses"] == 4 and len(df) == 4
+    partner = {0: 1, 1: 0, 2: 3, 3: 2}
+    for i, prompt in enumerate(texts):
+        (row,) = df[df["prompt"] == prompt].itertuples()
+        assert (row.chosen, row.rejected) == (samples[i], samples[partner[i]])
+
+
+def test_nearest_prompts_is_the_most_alike_other_prompt():
+    from rlhf.data import nearest_prompts
+
+    texts = ["Calculate 11 - 1.", "What is the capital of Peru?", "Calculate 11 - 4.", "What is the capital of Chad?"]
+    assert nearest_prompts(texts) == [2, 3, 0, 1]
+    assert nearest_prompts(["only one"]) == [-1] and nearest_prompts([]) == []
+    # against a plain double loop on random prompts, chunked so that blocks end inside the list
+    rng = random.Random(0)
+    vocab = ["a", "b", "c", "d", "e", "f", "g"]
+    many = [" ".join(rng.sample(vocab, rng.randint(1, 4))) for _ in range(37)]
+    sets = [set(t.split()) for t in many]
+
+    def loop(i: int) -> int:
+        sim = [len(sets[i] & s) / len(sets[i] | s) if j != i else -1.0 for j, s in enumerate(sets)]
+        return sim.index(max(sim))
+
+    assert nearest_prompts(many, chunk=5) == [loop(i) for i in range(len(many))]
 
 
 def test_feedback_is_merged_onto_the_collected_pairs_without_touching_them(tmp_path_factory):
