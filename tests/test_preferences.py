@@ -1,4 +1,4 @@
-"""Preference collection never writes an empty response into the pairs; it counts the samples it left out."""
+"""Preference collection: empty responses left out and counted; borrowed and near distractors ranked."""
 
 from __future__ import annotations
 
@@ -9,20 +9,24 @@ import pandas as pd
 import pytest
 
 
-def test_empty_samples_are_left_out_and_counted(monkeypatch):
+def collect(monkeypatch, prompts: pd.DataFrame, samples: list[str], **params) -> tuple[pd.DataFrame, dict]:
+    """The preferences stage's world collection on `prompts`, with `samples` (k per prompt, in order) in place of
+    the SFT model's; the params.yaml `preferences` section with `params` changed."""
     from tasks import preferences
+    from tests.test_params import section_values
 
-    prompts = pd.DataFrame({"id": ["a", "b", "c"], "prompt": ["Name a colour.", "Say hi.", "Count to two."]})
-    samples = ["Blue.", "", "Red, I think.", "  \n", "", "Hello!", "", "", "One, two."]  # k = 3 per prompt
     monkeypatch.setattr(preferences, "read_prompts", lambda p: prompts)
     monkeypatch.setattr(preferences, "load_model", lambda *a, **k: SimpleNamespace(to=lambda device: None))
     monkeypatch.setattr(preferences, "ChatTokenizer", SimpleNamespace(load=lambda p: None))
     monkeypatch.setattr(preferences, "file_hash", lambda p: "hash")
     monkeypatch.setattr(preferences, "generate_text", lambda model, tok, texts, sampling, seed, progress=None: samples)
-    from tests.test_params import section_values
+    return preferences.collect_world(preferences.PreferenceParams(**{**section_values("preferences"), **params}))
 
-    cfg = preferences.PreferenceParams(**{**section_values("preferences"), "k": 3, "borrowed": 0, "borrowed_near": 0})
-    df, stats = preferences.collect_world(cfg)
+
+def test_empty_samples_are_left_out_and_counted(monkeypatch):
+    prompts = pd.DataFrame({"id": ["a", "b", "c"], "prompt": ["Name a colour.", "Say hi.", "Count to two."]})
+    samples = ["Blue.", "", "Red, I think.", "  \n", "", "Hello!", "", "", "One, two."]  # k = 3 per prompt
+    df, stats = collect(monkeypatch, prompts, samples, k=3, borrowed=0, borrowed_near=0)
     assert stats["empty_responses"] == 5
     assert (df["chosen"].str.strip() != "").all() and (df["rejected"].str.strip() != "").all()
     # prompt a keeps two answers (one pair), b keeps one (no pair), c keeps one (no pair)
@@ -33,9 +37,6 @@ def test_empty_samples_are_left_out_and_counted(monkeypatch):
 def test_each_prompt_ranks_a_borrowed_answer_and_the_labeler_puts_an_off_topic_one_last(monkeypatch):
     """borrowed = 1: every group gains one response of another prompt; the world's labeler ranks an answer to
     another question (or a refusal of a harmless one) below the prompt's own on-topic answers, so such pairs say so."""
-    from tasks import preferences
-    from tests.test_params import section_values
-
     prompts = pd.DataFrame(
         {
             "id": ["a", "b", "c"],
@@ -44,15 +45,7 @@ def test_each_prompt_ranks_a_borrowed_answer_and_the_labeler_puts_an_off_topic_o
     )
     refusal = "I'm sorry, but I can't help with that."
     samples = ["The capital of France is Paris.", "Paris.", "2 plus 2 equals 4.", "4.", refusal, refusal]  # k = 2
-    monkeypatch.setattr(preferences, "read_prompts", lambda p: prompts)
-    monkeypatch.setattr(preferences, "load_model", lambda *a, **k: SimpleNamespace(to=lambda device: None))
-    monkeypatch.setattr(preferences, "ChatTokenizer", SimpleNamespace(load=lambda p: None))
-    monkeypatch.setattr(preferences, "file_hash", lambda p: "hash")
-    monkeypatch.setattr(preferences, "generate_text", lambda model, tok, texts, sampling, seed, progress=None: samples)
-    cfg = preferences.PreferenceParams(
-        **{**section_values("preferences"), "k": 2, "borrowed": 1, "borrowed_near": 0, "labeler_temperature": 0.01}
-    )
-    df, stats = preferences.collect_world(cfg)
+    df, stats = collect(monkeypatch, prompts, samples, k=2, borrowed=1, borrowed_near=0, labeler_temperature=0.01)
     assert stats["borrowed_responses"] == 3
     own = {p: set(samples[2 * i : 2 * i + 2]) for i, p in enumerate(prompts["prompt"])}
     for prompt, grp in df.groupby("prompt"):
@@ -66,21 +59,10 @@ def test_each_prompt_ranks_a_borrowed_answer_and_the_labeler_puts_an_off_topic_o
 def test_a_near_borrowed_answer_is_about_the_alike_prompt_and_the_labeler_ranks_it_below_the_right_one(monkeypatch):
     """borrowed_near = 1: each group gains a response of its most alike prompt; the world's labeler ranks an answer
     about other operands below the prompt's own right answer."""
-    from tasks import preferences
-    from tests.test_params import section_values
-
     texts = ["Calculate 11 - 1.", "Calculate 11 - 4.", "Hello, this is Ben.", "Hello, this is Kate."]
     prompts = pd.DataFrame({"id": list("abcd"), "prompt": texts})
     samples = ["11 - 1 = 10.", "11 - 4 = 7.", "Hi Ben, nice to meet you!", "Hi Kate, nice to meet you!"]  # k = 1
-    monkeypatch.setattr(preferences, "read_prompts", lambda p: prompts)
-    monkeypatch.setattr(preferences, "load_model", lambda *a, **k: SimpleNamespace(to=lambda device: None))
-    monkeypatch.setattr(preferences, "ChatTokenizer", SimpleNamespace(load=lambda p: None))
-    monkeypatch.setattr(preferences, "file_hash", lambda p: "hash")
-    monkeypatch.setattr(preferences, "generate_text", lambda model, tok, texts, sampling, seed, progress=None: samples)
-    cfg = preferences.PreferenceParams(
-        **{**section_values("preferences"), "k": 1, "borrowed": 0, "borrowed_near": 1, "labeler_temperature": 0.01}
-    )
-    df, stats = preferences.collect_world(cfg)
+    df, stats = collect(monkeypatch, prompts, samples, k=1, borrowed=0, borrowed_near=1, labeler_temperature=0.01)
     assert stats["borrowed_responses"] == 4 and len(df) == 4
     partner = {0: 1, 1: 0, 2: 3, 3: 2}
     for i, prompt in enumerate(texts):
