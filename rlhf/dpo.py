@@ -39,7 +39,7 @@ from rlhf.lm_train import LogFn, TrainConfig, lr_at, make_optimizer
 from rlhf.model import GPT, disable_dropout
 from rlhf.ppo import logprobs_from_logits
 from rlhf.progress import Progress
-from rlhf.reward import Pairs, epoch_steps, pair_wins, prompt_groups
+from rlhf.reward import Pairs, distinct_sequences, epoch_steps, pair_wins, prompt_groups
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -124,21 +124,18 @@ def reference_logps(
     pair-by-pair pass to float tolerance, not bit for bit.
     """
     model.eval()
-    rows: dict[tuple[int, tuple[int, ...]], int] = {}  # (prompt length, sequence) -> row of the pass
-    for i in idx:
-        for seq in (pairs.chosen[i], pairs.rejected[i]):
-            rows.setdefault((pairs.n_prompt[i], tuple(seq)), len(rows))
-    keys = sorted(rows, key=lambda k: len(k[1]))
-    flat = torch.zeros(len(keys))
-    shown = Progress(progress or "", len(keys), unit="sequence", enabled=bool(progress) and distributed.is_main())
-    for j in range(0, len(keys), batch_size):
-        chunk = keys[j : j + batch_size]
+    seqs, at = distinct_sequences(pairs, idx)
+    order = sorted(range(len(seqs)), key=lambda u: len(seqs[u][1]))  # batches of similar length: little padding
+    flat = torch.zeros(len(seqs))
+    shown = Progress(progress or "", len(seqs), unit="sequence", enabled=bool(progress) and distributed.is_main())
+    for j in range(0, len(order), batch_size):
+        chunk = order[j : j + batch_size]
+        batch = [seqs[u] for u in chunk]
         with runtime.autocast():
-            logps = sequence_logps(model, [list(s) for _, s in chunk], [n for n, _ in chunk], pad_id, average)
-        flat[[rows[k] for k in chunk]] = logps.float().cpu()
+            logps = sequence_logps(model, [list(s) for _, s in batch], [n for n, _ in batch], pad_id, average)
+        flat[chunk] = logps.float().cpu()
         shown.update(len(chunk))
-    at = [[rows[(pairs.n_prompt[i], tuple(seq))] for seq in (pairs.chosen[i], pairs.rejected[i])] for i in idx]
-    return flat[torch.tensor(at, dtype=torch.long).reshape(-1, 2)]
+    return flat[at]
 
 
 @torch.no_grad()
@@ -215,6 +212,8 @@ class DPOConfig:
 def batch_order(groups: list[list[int]], cfg: DPOConfig, step: int) -> list[int]:
     """The pairs of a step: whole prompts (`rlhf.reward.epoch_steps`, at least cfg.batch_size pairs), epochs
     shuffled by (seed, epoch); a pure function of the step, so a resumed run takes the same batches."""
+    if not groups:
+        raise ValueError("dpo: no training pairs to take steps of")
     epoch = 0
     while True:
         plan = epoch_steps(groups, cfg.batch_size, _generator(cfg.seed, epoch))
@@ -228,14 +227,10 @@ def grouped_logps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chosen and rejected log-probs (B,), (B,) of pairs `idx`, with gradients, each distinct sequence in one
     row of one forward pass: a step of whole prompts has K responses per prompt but up to K(K-1)/2 pairs."""
-    rows: dict[tuple[int, tuple[int, ...]], int] = {}
-    for i in idx:
-        for seq in (pairs.chosen[i], pairs.rejected[i]):
-            rows.setdefault((pairs.n_prompt[i], tuple(seq)), len(rows))
-    logps = sequence_logps(model, [list(s) for _, s in rows], [n for n, _ in rows], pad_id, average)  # (U,)
-    at = [[rows[(pairs.n_prompt[i], tuple(seq))] for seq in (pairs.chosen[i], pairs.rejected[i])] for i in idx]
-    at_t = torch.tensor(at, dtype=torch.long, device=logps.device).reshape(-1, 2)
-    return logps[at_t[:, 0]], logps[at_t[:, 1]]
+    seqs, at = distinct_sequences(pairs, idx)
+    logps = sequence_logps(model, [list(s) for _, s in seqs], [n for n, _ in seqs], pad_id, average)  # (U,)
+    at = at.to(logps.device)
+    return logps[at[:, 0]], logps[at[:, 1]]
 
 
 def train_dpo(

@@ -126,16 +126,24 @@ def sequence_scores(model: torch.nn.Module, seqs: list[list[int]], pad_id: int) 
     return values.gather(1, last_token_index(mask.to(device))[:, None]).squeeze(1)  # (N,)
 
 
-def grouped_margins(model: torch.nn.Module, pairs: Pairs, idx: list[int], pad_id: int) -> torch.Tensor:
-    """r_chosen − r_rejected of the pairs idx (B,), each distinct sequence scored once: the K responses of a
-    prompt make K(K−1)/2 pairs but only K rows of the forward pass."""
-    rows: dict[tuple[int, ...], int] = {}
+def distinct_sequences(pairs: Pairs, idx: list[int]) -> tuple[list[tuple[int, tuple[int, ...]]], torch.Tensor]:
+    """The distinct sequences of pairs `idx`, as (prompt length, tokens) in first-seen order (U,), and each pair's
+    rows of its chosen and rejected sequence among them (B, 2): a prompt's K responses make up to K(K−1)/2 pairs
+    but K rows of a forward pass."""
+    rows: dict[tuple[int, tuple[int, ...]], int] = {}
+    at = []
     for i in idx:
-        for seq in (pairs.chosen[i], pairs.rejected[i]):
-            rows.setdefault(tuple(seq), len(rows))
-    scores = sequence_scores(model, [list(seq) for seq in rows], pad_id)  # (U,)
-    at = torch.tensor([[rows[tuple(pairs.chosen[i])], rows[tuple(pairs.rejected[i])]] for i in idx])  # (B, 2)
-    return scores[at[:, 0].to(scores.device)] - scores[at[:, 1].to(scores.device)]
+        n = pairs.n_prompt[i] if pairs.n_prompt else 0
+        at.append([rows.setdefault((n, tuple(seq)), len(rows)) for seq in (pairs.chosen[i], pairs.rejected[i])])
+    return list(rows), torch.tensor(at, dtype=torch.long).reshape(-1, 2)
+
+
+def grouped_margins(model: torch.nn.Module, pairs: Pairs, idx: list[int], pad_id: int) -> torch.Tensor:
+    """r_chosen − r_rejected of the pairs idx (B,), each distinct sequence scored once (`distinct_sequences`)."""
+    seqs, at = distinct_sequences(pairs, idx)
+    scores = sequence_scores(model, [list(s) for _, s in seqs], pad_id)  # (U,)
+    at = at.to(scores.device)
+    return scores[at[:, 0]] - scores[at[:, 1]]
 
 
 def prompt_groups(pairs: Pairs) -> list[list[int]]:
