@@ -72,8 +72,8 @@ class Antonyms(Family):
         # Both words of each stated pair: opposition is symmetric, so "The opposite of below is above" answers
         # "What is the opposite of above?" (it states the asked pair, read the other way round), while "The
         # opposite of sink is strong" to a question about float is about other words. (Reading only the word
-        # after "opposite of" as the subject called the first off topic: 13 of 96 greedy SFT answers to
-        # held-out antonym prompts in the 564fb91 run stated the right pair that way.)
+        # after "opposite of" as the subject called the first off topic: re-read this way, the 564fb91 run's SFT
+        # answers 8 of its 50 evaluation antonym questions right, not 4.)
         return {w for m in _OPPOSITES.findall(normalize(response)) for w in m if w}
 
     def subject(self, task: Task) -> str:
