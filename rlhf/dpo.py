@@ -209,17 +209,18 @@ class DPOConfig:
             raise ValueError("dpo.label_smoothing applies to the sigmoid loss only")
 
 
-def batch_order(groups: list[list[int]], cfg: DPOConfig, step: int) -> list[int]:
-    """The pairs of a step: whole prompts (`rlhf.reward.epoch_steps`, at least cfg.batch_size pairs), epochs
-    shuffled by (seed, epoch); a pure function of the step, so a resumed run takes the same batches."""
+def batch_plan(groups: list[list[int]], cfg: DPOConfig) -> list[list[int]]:
+    """The pairs of each of cfg.steps steps: whole prompts (`rlhf.reward.epoch_steps`, at least cfg.batch_size
+    pairs), epochs shuffled by (seed, epoch); a pure function of its arguments, so a resumed run takes the same
+    batches."""
     if not groups:
         raise ValueError("dpo: no training pairs to take steps of")
+    plan: list[list[int]] = []
     epoch = 0
-    while True:
-        plan = epoch_steps(groups, cfg.batch_size, _generator(cfg.seed, epoch))
-        if step < len(plan):
-            return plan[step]
-        step, epoch = step - len(plan), epoch + 1
+    while len(plan) < cfg.steps:
+        plan += epoch_steps(groups, cfg.batch_size, _generator(cfg.seed, epoch))
+        epoch += 1
+    return plan[: cfg.steps]
 
 
 def grouped_logps(
@@ -261,8 +262,8 @@ def train_dpo(
     average = cfg.loss_type == "ipo"  # see dpo_loss: IPO on per-token means
     if len(train) < distributed.world_size():  # every rank needs a pair in every step (DDP's hooks)
         raise ValueError(f"dpo: {len(train)} training pairs for {distributed.world_size()} processes")
-    groups = prompt_groups(train)
-    visited = sorted({i for s in range(cfg.steps) for i in batch_order(groups, cfg, s)})
+    plan = batch_plan(prompt_groups(train), cfg)
+    visited = sorted({i for batch in plan for i in batch})
     ref_train = torch.full((len(train), 2), math.nan)
     every = [(train, visited), (val, list(range(len(val))))]
     ref_train[visited], ref_val = (
@@ -288,7 +289,7 @@ def train_dpo(
         model.train()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, schedule)
-        batch = batch_order(groups, cfg, step)
+        batch = plan[step]
         idx = batch[distributed.split_slice(len(batch))]  # this rank's pairs of the step's batch
         with runtime.autocast():
             pc, pr = grouped_logps(net, train, idx, pad_id, average)

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 import rlhf.lora
 from rlhf import distributed, ppo
 from rlhf.checkpoint import write_model
-from rlhf.dpo import DPOConfig, batch_order, train_dpo
+from rlhf.dpo import DPOConfig, batch_plan, train_dpo
 from rlhf.lm_data import EpochSampler
 from rlhf.lm_train import TrainConfig, train_lm
 from rlhf.lora import LoRAConfig, set_gradient_checkpointing, trainee
@@ -144,7 +144,7 @@ def dpo_scenario(workdir: Path, lora: bool = False) -> Result:
     cfg = DPOConfig(
         steps=2, batch_size=2, lr=1e-2, warmup_steps=1, eval_every=1, patience=10, checkpoint_every=1, seed=1
     )
-    assert [len(batch_order(prompt_groups(train), cfg, s)) for s in range(2)] == [3, 2], "the scenario's premise"
+    assert [len(b) for b in batch_plan(prompt_groups(train), cfg)] == [3, 2], "the scenario's premise"
     torch.manual_seed(1)
     reference = GPT(CFG)
     torch.manual_seed(0)

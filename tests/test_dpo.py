@@ -9,7 +9,7 @@ import torch
 
 from rlhf.dpo import (
     DPOConfig,
-    batch_order,
+    batch_plan,
     dpo_loss,
     evaluate_dpo,
     grouped_logps,
@@ -137,8 +137,8 @@ def test_reference_pass_scores_each_distinct_response_once_and_matches_pair_by_p
 def test_a_step_takes_whole_prompts_and_an_epoch_every_pair_once():
     groups = [[0, 1, 2], [3], [4, 5], [6, 7, 8, 9], [10], [11, 12]]
     cfg = DPOConfig(steps=10, batch_size=4, lr=1e-5, eval_every=5, patience=2, checkpoint_every=0, seed=3)
-    steps = [batch_order(groups, cfg, s) for s in range(10)]
-    assert steps == [batch_order(groups, cfg, s) for s in range(10)]  # a pure function of the step (resume)
+    steps = batch_plan(groups, cfg)
+    assert len(steps) == cfg.steps and steps == batch_plan(groups, cfg)  # the same batches again (resume)
     epoch, seen = [], 0
     for step in steps:
         assert len(step) >= cfg.batch_size
