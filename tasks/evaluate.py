@@ -169,14 +169,18 @@ def evaluate(
     judges = judges_for(conf.judge, tok, rt)
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     memo = {} if reuse is None else reuse
+    kl = None
     with rt.autocast():
         for d in (cand_dir, base_dir):
             if d not in memo:  # one checkpoint, prompts, decoding and seed: the same samples, so sampled once
                 model = load_model(d, "gpt").to(rt.device)
                 memo[d] = sample_policy(model, tok, prompts, ids, sampling, cfg.n_samples, cfg.seed, ref)
                 judge_samples(memo[d], judges)
+                if d == cand_dir:
+                    kl = kl_at_temperature_one(model, tok, ref, prompts, ids, cfg)
+        if kl is None:  # the candidate's samples came from an earlier comparison; its KL did not
+            kl = kl_at_temperature_one(load_model(cand_dir, "gpt").to(rt.device), tok, ref, prompts, ids, cfg)
         policies = {"candidate": memo[cand_dir], "baseline": memo[base_dir]}
-        kl = kl_at_temperature_one(load_model(cand_dir, "gpt").to(rt.device), tok, ref, prompts, ids, cfg)
         curve = overoptimization(cfg, tok, ref, judges, prompts, ids, rt) if default_run else []
     cand, base = policies["candidate"], policies["baseline"]
     results = {j: compare(cand, base, j, families, cfg.n_boot, cfg.seed) for j in judges}
